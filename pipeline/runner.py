@@ -1,0 +1,189 @@
+"""Runs stages in order on Ray, writes each stage atomically with its `_stage.json`, and skips unchanged stages.
+
+A stage directory counts as complete only when its `_stage.json` says so. The stage writes into a
+temporary directory that is moved into place when everything is written, and the record is written
+last, so a run killed at any point leaves nothing that looks complete.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import time
+import uuid
+from typing import Callable
+
+import pyarrow as pa
+import pyarrow.compute as pc
+import pyarrow.fs as pafs
+import pyarrow.parquet as pq
+import ray
+
+from pipeline import storage
+from pipeline.config import STAGE_ORDER, Config
+from pipeline.errors import UserError
+from pipeline.runtime import init_ray
+from pipeline.schema import count_words
+from pipeline.stage import Stage, StageContext, StageOutput
+from pipeline.stages import STAGES
+
+RECORD = "_stage.json"
+DROP_COLUMNS = ["drop_reason", "drop_detail"]
+
+
+def stage_dir(output: str, stage: str) -> str:
+    return storage.join(output, stage)
+
+
+def read_record(output: str, stage: str) -> dict | None:
+    rec = storage.read_json(storage.join(output, stage, RECORD))
+    return rec if rec and rec.get("status") == "complete" else None
+
+
+def read_docs(output: str, stage: str) -> "ray.data.Dataset":
+    """Kept documents of a complete stage (its top-level Parquet parts, not `dropped/`)."""
+    files = storage.list_files(stage_dir(output, stage), suffix=".parquet")
+    if not files:
+        raise UserError(f"{stage_dir(output, stage)}: no Parquet parts; rerun stage '{stage}' with --force")
+    return ray.data.read_parquet(files)
+
+
+def input_fingerprint(stage: Stage, config: Config, output: str) -> str:
+    """What the stage reads: upstream records (config, input, counts) and any outside files."""
+    parts: dict = {}
+    for up in stage.inputs:
+        rec = read_record(output, up)
+        if rec is None:
+            raise UserError(
+                f"stage '{stage.name}' reads the output of '{up}', which is not complete in {output}; "
+                f"run it first (phicurate run CONFIG --stages {up})"
+            )
+        parts[up] = {k: rec[k] for k in ("config_hash", "input_fingerprint", "docs_out")}
+    if stage.external_fingerprint is not None:
+        parts["external"] = stage.external_fingerprint(config)
+    return hashlib.sha256(json.dumps(parts, sort_keys=True).encode()).hexdigest()[:16]
+
+
+def _tally(batch: pa.Table) -> pa.Table:
+    """Per block: documents and words by drop reason ("" for kept). Runs on the workers."""
+    reasons = pc.fill_null(batch["drop_reason"], "")
+    words = count_words(batch["text"])
+    t = pa.table({"reason": reasons, "words": words})
+    g = t.group_by("reason").aggregate([("words", "count"), ("words", "sum")])
+    return g.rename_columns(["reason", "docs", "words"])
+
+
+def _kept(batch: pa.Table) -> pa.Table:
+    return batch.filter(pc.is_null(batch["drop_reason"])).drop_columns(DROP_COLUMNS)
+
+
+def _dropped(batch: pa.Table) -> pa.Table:
+    return batch.filter(pc.is_valid(batch["drop_reason"]))
+
+
+def write_docs(docs: "ray.data.Dataset", work_dir: str) -> tuple[int, dict[str, int], int]:
+    """Write kept and dropped documents; return (docs_out, dropped by reason, words kept)."""
+    docs = docs.materialize()  # computed once, read three times; spills to disk when large
+    missing = [c for c in ["id", "text", *DROP_COLUMNS] if c not in docs.schema().names]
+    if missing:
+        raise RuntimeError(f"stage output lacks columns {missing}")
+    counts: dict[str, int] = {}
+    words_out = 0
+    for row in docs.map_batches(_tally, batch_format="pyarrow").take_all():
+        counts[row["reason"]] = counts.get(row["reason"], 0) + row["docs"]
+        if row["reason"] == "":
+            words_out += row["words"]
+    docs_out = counts.pop("", 0)
+    kept = docs.map_batches(_kept, batch_format="pyarrow")
+    if docs_out:
+        kept.write_parquet(work_dir)
+    else:  # keep the schema, so the next stage can read an empty input
+        schema = pa.schema([f for f in docs.schema().base_schema if f.name not in DROP_COLUMNS])
+        storage.make_dir(work_dir)
+        fs, path = storage.resolve(storage.join(work_dir, "part-empty.parquet"))
+        pq.write_table(schema.empty_table(), path, filesystem=fs)
+    if counts:
+        docs.map_batches(_dropped, batch_format="pyarrow").write_parquet(storage.join(work_dir, "dropped"))
+    return docs_out, dict(sorted(counts.items())), words_out
+
+
+def _remove_stale_work_dirs(output: str, stage: str) -> None:
+    """Work directories of an earlier run of this stage that was killed: never complete, never read."""
+    fs, path = storage.resolve(output)
+    for info in fs.get_file_info(pafs.FileSelector(path)):
+        if info.type == pafs.FileType.Directory and info.base_name.startswith(f".{stage}.tmp-"):
+            fs.delete_dir(info.path)
+
+
+def run_stage(stage: Stage, config: Config, fingerprint: str) -> dict:
+    output = config.run.output
+    _remove_stale_work_dirs(output, stage.name)
+    work_dir = storage.join(output, f".{stage.name}.tmp-{uuid.uuid4().hex[:8]}")
+    storage.make_dir(work_dir)
+    t0 = time.time()
+    inputs = {up: read_docs(output, up) for up in stage.inputs}
+    result: StageOutput = stage.run(StageContext(stage.name, config, output, work_dir, inputs))
+    if result.docs is not None:
+        docs_out, dropped, words = write_docs(result.docs, work_dir)
+        docs_in = result.docs_in if result.docs_in is not None else docs_out + sum(dropped.values())
+        tokens = result.tokens_out if result.tokens_out is not None else words
+    else:
+        docs_out, dropped, tokens = result.docs_out, result.dropped or {}, result.tokens_out or 0
+        docs_in = result.docs_in
+    if docs_in != docs_out + sum(dropped.values()):
+        raise RuntimeError(f"stage {stage.name} lost documents: in {docs_in}, out {docs_out}, dropped {dropped}")
+    final = stage_dir(output, stage.name)
+    storage.replace_dir(work_dir, final)
+    record = {
+        "stage": stage.name,
+        "status": "complete",
+        "config_hash": config.section_hash(stage.name),
+        "input_fingerprint": fingerprint,
+        "docs_in": docs_in,
+        "docs_out": docs_out,
+        "dropped": dropped,
+        "tokens_out": tokens,
+        "wall_s": round(time.time() - t0, 2),
+        "details": result.details,
+    }
+    storage.write_json(storage.join(final, RECORD), record)
+    return record
+
+
+def run_pipeline(
+    config: Config, stages: list[str] | None = None, force: bool = False, log: Callable[[str], None] = print
+) -> list[dict]:
+    """Run the selected stages (default: the config's) in pipeline order; return their records."""
+    selected = stages or config.stages()
+    unknown = [s for s in selected if s not in STAGE_ORDER]
+    if unknown:
+        raise UserError(f"--stages: unknown stage(s) {unknown}; stages are {', '.join(STAGE_ORDER)}")
+    for s in selected:
+        if getattr(config, s, None) is None:
+            raise UserError(f"--stages names '{s}' but the config has no '{s}' section")
+        if s not in STAGES:
+            raise UserError(f"stage '{s}' is not available in this version of phicurate")
+    init_ray(config.ray)
+    storage.make_dir(config.run.output)
+    records = []
+    for name in [s for s in STAGE_ORDER if s in selected]:
+        stage = STAGES[name]
+        fingerprint = input_fingerprint(stage, config, config.run.output)
+        old = read_record(config.run.output, name)
+        if (
+            not force
+            and old is not None
+            and old["config_hash"] == config.section_hash(name)
+            and old["input_fingerprint"] == fingerprint
+        ):
+            log(f"[{name}] unchanged since the last run: skipped ({old['docs_out']} docs)")
+            records.append({**old, "skipped": True})
+            continue
+        log(f"[{name}] running")
+        rec = run_stage(stage, config, fingerprint)
+        log(
+            f"[{name}] done in {rec['wall_s']:.1f}s: {rec['docs_in']} in, {rec['docs_out']} kept, "
+            f"dropped {rec['dropped'] or 'none'}"
+        )
+        records.append(rec)
+    return records

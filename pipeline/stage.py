@@ -1,0 +1,49 @@
+"""What a stage is: a function from upstream Ray Datasets to one Ray Dataset, plus a record.
+
+A stage returns every document it saw, kept or not: `drop_reason` is null for kept documents.
+The runner writes kept documents as Parquet parts in the stage directory and dropped ones under
+`dropped/`, counts both, and writes `_stage.json`. Stages never call each other.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING, Any, Callable
+
+if TYPE_CHECKING:
+    import ray.data
+
+    from pipeline.config import Config
+
+
+@dataclass
+class StageContext:
+    stage: str
+    config: "Config"
+    output: str  # the run's output directory
+    work_dir: str  # where this stage may write extra files; it becomes OUTPUT/<stage>/ on success
+    inputs: dict[str, "ray.data.Dataset"]  # kept documents of the stages named in Stage.inputs
+
+    @property
+    def section(self) -> Any:
+        """This stage's config section."""
+        return getattr(self.config, self.stage)
+
+
+@dataclass
+class StageOutput:
+    docs: "ray.data.Dataset | None"  # every document with `drop_reason` (null = kept); None if the stage wrote its own files
+    docs_in: int | None = None  # default: the number of documents in `docs`
+    docs_out: int | None = None  # only for stages that write their own files (docs is None)
+    dropped: dict[str, int] | None = None  # idem
+    tokens_out: int | None = None  # default: whitespace-separated words of the kept texts
+    details: dict = field(default_factory=dict)  # stage-specific figures, stored under "details" in _stage.json
+
+
+@dataclass(frozen=True)
+class Stage:
+    name: str
+    inputs: tuple[str, ...]  # upstream stages whose kept documents this stage reads
+    run: Callable[[StageContext], StageOutput]
+    # For stages that read outside inputs (files, models): a fingerprint of them, so a changed input reruns the stage.
+    external_fingerprint: Callable[["Config"], str] | None = None

@@ -1,0 +1,261 @@
+"""Stage `mix`: phase-1 and phase-2 token mixes as shuffled Megatron shards with a manifest per phase.
+
+1. Each stage output a recipe names is tokenized once, in Ray `map_batches` (the fast tokenizer's batch
+   encode, EOS after each document); the tokens stream to a per-stage Megatron file in the work directory.
+2. Per phase, each source's documents (its `where` rules applied) and their token counts give each source's
+   target (pipeline/recipes.py); whole epochs plus a seeded random subset reach it.
+3. All picks of a phase are shuffled with the seed and written into shards of about `shard_tokens` tokens
+   (`phaseN/shard_00000.bin/.idx`), with `manifest.json` (DESIGN.md "Contracts") and `documents.parquet`
+   (which document of which source sits where: the trainer's per-source view, and the audit trail).
+
+Documents are ordered by id before sampling, so the shards depend only on the documents and the seed,
+not on how Ray scheduled the tokenization.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import shutil
+import tempfile
+import time
+
+import numpy as np
+import pyarrow as pa
+import pyarrow.fs as pafs
+import pyarrow.parquet as pq
+from pydantic import Field
+
+from pipeline import storage
+from pipeline.errors import UserError
+from pipeline.recipes import PhaseRecipe, parse_where, sample_documents, source_targets, where_mask
+from pipeline.section import Section
+from pipeline.stage import Stage, StageContext, StageOutput
+from pipeline.tokenizer import PHI3_HUB, encode_plain, encoder_from_json, load_tokenizer, plain_text_encoder, token_dtype
+from train_handoff.megatron import IndexedDataset, IndexedDatasetWriter
+
+PHASES = ("phase1", "phase2")
+
+
+class MixConfig(Section):
+    """Tokenizer, shuffling and shard size for both phases, and each phase's recipe."""
+
+    tokenizer: str = PHI3_HUB  # Hugging Face Hub id or local directory (offline: tests/data/tokenizer/phi3)
+    seed: int = 0  # fixes the documents sampled and their order: same seed, byte-identical shards
+    shard_tokens: int = Field(100_000_000, ge=1)  # a shard is closed once it holds this many tokens
+    batch_size: int = Field(256, ge=1)  # documents per tokenization batch in Ray
+    phase1: PhaseRecipe
+    phase2: PhaseRecipe
+
+
+def _recipes(cfg: MixConfig) -> dict[str, PhaseRecipe]:
+    return {"phase1": cfg.phase1, "phase2": cfg.phase2}
+
+
+def _stages_read(cfg: MixConfig) -> list[str]:
+    return sorted({s.stage for r in _recipes(cfg).values() for s in r.sources})
+
+
+def _columns_needed(cfg: MixConfig, stage: str) -> list[str]:
+    cols = {"id", "source"}
+    for r in _recipes(cfg).values():
+        cols |= {parse_where(w)[0] for s in r.sources if s.stage == stage for w in s.where}
+    return sorted(cols)
+
+
+def external_fingerprint(config) -> str:
+    """The records of the stages the recipes read, and the tokenizer's files: a change reruns the mix."""
+    from pipeline.runner import read_record  # the runner imports the stages
+
+    parts: dict = {}
+    for stage in _stages_read(config.mix):
+        rec = read_record(config.run.output, stage)
+        if rec is None:
+            raise UserError(
+                f"mix reads the output of stage '{stage}', which is not complete in {config.run.output}; "
+                f"run it first (phicurate run CONFIG --stages {stage})"
+            )
+        parts[stage] = {k: rec[k] for k in ("config_hash", "input_fingerprint", "docs_out")}
+    tok = config.mix.tokenizer
+    path = os.path.join(tok, "tokenizer.json")
+    parts["tokenizer"] = hashlib.sha256(open(path, "rb").read()).hexdigest() if os.path.isfile(path) else tok
+    return hashlib.sha256(json.dumps(parts, sort_keys=True).encode()).hexdigest()[:16]
+
+
+def _tokenize(batch: pa.Table, spec: str, eos: int, dtype: str, keep: list[str]) -> pa.Table:
+    """Ray task: token ids (with EOS) of each document as bytes of `dtype`, plus the columns the recipes filter on."""
+    # One thread per task: Ray runs one task per core, so the tokenizer's own thread pool would oversubscribe.
+    os.environ["TOKENIZERS_PARALLELISM"] = "false"
+    texts = batch["text"].to_pylist()
+    ids = encode_plain(encoder_from_json(spec), eos, ["" if t is None else t for t in texts])
+    out = {c: batch[c] for c in keep}
+    out["n_tokens"] = pa.array([0 if t is None else len(x) for t, x in zip(texts, ids)], pa.int64())  # 0: no text
+    out["tokens"] = pa.array([b"" if t is None else np.asarray(x, dtype=dtype).tobytes() for t, x in zip(texts, ids)], pa.large_binary())
+    return pa.table(out)
+
+
+def tokenize_stage(ctx: StageContext, stage: str, tok, prefix: str) -> pa.Table:
+    """Tokenize a stage's kept documents into the Megatron file `prefix`; return one row per document
+    (id, source, filter columns, n_tokens, row = its position in that file), ordered by id."""
+    from pipeline.runner import read_docs  # the runner imports the stages
+
+    cfg: MixConfig = ctx.section
+    docs = read_docs(ctx.output, stage)
+    names = docs.schema().names
+    keep = _columns_needed(cfg, stage)
+    absent = [c for c in keep + ["text"] if c not in names]
+    if absent:
+        raise UserError(
+            f"mix: the output of stage '{stage}' has no column(s) {absent} that the recipes use (columns: {', '.join(names)})"
+        )
+    dtype = np.dtype(token_dtype(len(tok))).name
+    tokenized = docs.select_columns(keep + ["text"]).map_batches(
+        _tokenize,
+        batch_format="pyarrow",
+        batch_size=cfg.batch_size,
+        # the tokenizer travels as its JSON: workers need neither transformers nor the Hub
+        fn_kwargs={"spec": plain_text_encoder(tok).to_str(), "eos": tok.eos_token_id, "dtype": dtype, "keep": keep},
+    )
+    meta = []
+    with IndexedDatasetWriter(prefix, dtype=np.dtype(dtype).type) as writer:
+        for batch in tokenized.iter_batches(batch_format="pyarrow", batch_size=None):
+            for blob in batch["tokens"].to_pylist():
+                writer.add_document(np.frombuffer(blob, dtype=dtype))
+            meta.append(batch.drop_columns(["tokens"]))
+    table = pa.concat_tables(meta) if meta else pa.table({c: pa.array([], pa.string()) for c in keep}).append_column(
+        "n_tokens", pa.array([], pa.int64())
+    )
+    table = table.append_column("row", pa.array(np.arange(table.num_rows), pa.int64()))
+    return table.sort_by([("id", "ascending"), ("source", "ascending")])
+
+
+def write_phase(phase: str, picks: list[tuple[str, np.ndarray, pa.Table, IndexedDataset]], cfg: MixConfig, out_dir: str,
+                tokenizer_name: str, vocab_size: int, available: dict[str, int]) -> dict:
+    """Shuffle the picks of a phase with the seed, write its shards, documents.parquet and manifest.json."""
+    os.makedirs(out_dir, exist_ok=True)
+    src = np.concatenate([np.full(len(idx), i, np.int32) for i, (_, idx, _, _) in enumerate(picks)]) if picks else np.zeros(0, np.int32)
+    doc = np.concatenate([idx for _, idx, _, _ in picks]) if picks else np.zeros(0, np.int64)
+    key = int.from_bytes(hashlib.sha256(f"{cfg.seed}/{phase}/shuffle".encode()).digest()[:8], "little")
+    order = np.random.default_rng(key).permutation(len(doc))
+    dtype = np.dtype(token_dtype(vocab_size)).type
+    shards, shard_tokens, rows = [], [], {k: [] for k in ("shard", "index", "source", "id", "doc_source", "tokens")}
+    columns = [(m["row"].to_numpy(), m["id"].to_pylist(), m["source"].to_pylist()) for _, _, m, _ in picks]
+    writer = None
+    for j in order:
+        name, _, _, data = picks[src[j]]
+        rows_of, ids, doc_sources = columns[src[j]]
+        if writer is None or writer.tokens >= cfg.shard_tokens:
+            if writer is not None:
+                writer.close()
+                shard_tokens.append(writer.tokens)
+            shards.append(f"shard_{len(shards):05d}")
+            writer = IndexedDatasetWriter(os.path.join(out_dir, shards[-1]), dtype=dtype)
+        d = int(doc[j])
+        tokens = data.doc(int(rows_of[d]))
+        rows["shard"].append(len(shards) - 1)
+        rows["index"].append(writer.docs)
+        rows["source"].append(name)
+        rows["id"].append(ids[d])
+        rows["doc_source"].append(doc_sources[d])
+        rows["tokens"].append(len(tokens))
+        writer.add_document(tokens)
+    if writer is not None:
+        writer.close()
+        shard_tokens.append(writer.tokens)
+    documents = pa.table(rows, schema=pa.schema([("shard", pa.int32()), ("index", pa.int64()), ("source", pa.string()),
+                                                 ("id", pa.string()), ("doc_source", pa.string()), ("tokens", pa.int64())]))
+    pq.write_table(documents, os.path.join(out_dir, "documents.parquet"))
+    total = int(sum(shard_tokens))
+    sources = {}
+    for name, idx, meta, _ in picks:
+        tokens = int(meta["n_tokens"].to_numpy()[idx].sum()) if len(idx) else 0
+        sources[name] = {
+            "tokens": tokens,
+            "docs": int(len(idx)),
+            "weight": round(tokens / total, 6) if total else 0.0,
+            "epochs": round(tokens / available[name], 4) if available[name] else 0.0,
+        }
+    manifest = {
+        "phase": phase,
+        "tokenizer": tokenizer_name,
+        "vocab_size": vocab_size,
+        "tokens": total,
+        "sources": sources,
+        "shards": shards,
+        "blend": " ".join(f"{t / total:.6f} {s}" for s, t in zip(shards, shard_tokens)),
+    }
+    with open(os.path.join(out_dir, "manifest.json"), "w", encoding="utf-8") as f:
+        json.dump(manifest, f, indent=2)
+    return manifest
+
+
+def run(ctx: StageContext) -> StageOutput:
+    cfg: MixConfig = ctx.section
+    # Shards are written (and the tokenized sources memory-mapped) on a local disk; with an object-store
+    # output they are uploaded into the stage's work directory at the end.
+    local = ctx.work_dir if "://" not in ctx.work_dir else tempfile.mkdtemp(prefix="phicurate-mix-")
+    tok = load_tokenizer(cfg.tokenizer)
+    tmp = os.path.join(local, "_tokenized")
+    os.makedirs(tmp, exist_ok=True)
+    t0 = time.perf_counter()
+    tokenized = {}
+    for stage in _stages_read(cfg):
+        meta = tokenize_stage(ctx, stage, tok, os.path.join(tmp, stage))
+        tokenized[stage] = (meta, IndexedDataset(os.path.join(tmp, stage)))
+
+    docs_in = docs_out = 0
+    dropped: dict[str, int] = {}
+    details: dict = {"tokenize_s": round(time.perf_counter() - t0, 2)}
+    t0 = time.perf_counter()
+    manifests = {}
+    for phase, recipe in _recipes(cfg).items():
+        selected, available = {}, {}
+        for s in recipe.sources:
+            meta, data = tokenized[s.stage]
+            n_tok = meta["n_tokens"].to_numpy()
+            mask = where_mask(meta, s.where, f"mix.{phase}.sources[{s.name}].where")
+            no_text = n_tok == 0
+            chosen = mask & ~no_text
+            docs_in += meta.num_rows
+            for reason, n in (("mix_where", int((~mask & ~no_text).sum())), ("no_text", int(no_text.sum()))):
+                if n:
+                    dropped[reason] = dropped.get(reason, 0) + n
+            sub = meta.filter(pa.array(chosen))
+            selected[s.name] = (sub, data)
+            available[s.name] = int(sub["n_tokens"].to_numpy().sum())
+        targets = source_targets(phase, recipe, available)
+        picks = []
+        for s in recipe.sources:
+            sub, data = selected[s.name]
+            idx = sample_documents(sub["n_tokens"].to_numpy(), targets[s.name], f"{cfg.seed}/{phase}/{s.name}")
+            used = len(np.unique(idx))
+            docs_out += used
+            if sub.num_rows - used:
+                dropped["mix_not_sampled"] = dropped.get("mix_not_sampled", 0) + sub.num_rows - used
+            picks.append((s.name, idx, sub, data))
+        manifests[phase] = write_phase(phase, picks, cfg, os.path.join(local, phase), cfg.tokenizer, len(tok), available)
+        details[phase] = {
+            "tokens": manifests[phase]["tokens"],
+            "shards": len(manifests[phase]["shards"]),
+            "targets": targets,
+            "available": available,
+            "sources": manifests[phase]["sources"],
+        }
+    details["write_s"] = round(time.perf_counter() - t0, 2)
+    shutil.rmtree(tmp)
+    if local != ctx.work_dir:
+        fs, path = storage.resolve(ctx.work_dir)
+        pafs.copy_files(local, path, source_filesystem=pafs.LocalFileSystem(), destination_filesystem=fs)
+        shutil.rmtree(local)
+    return StageOutput(
+        docs=None,
+        docs_in=docs_in,
+        docs_out=docs_out,
+        dropped=dict(sorted(dropped.items())),
+        tokens_out=sum(m["tokens"] for m in manifests.values()),
+        details=details,
+    )
+
+
+STAGE = Stage("mix", inputs=(), run=run, external_fingerprint=external_fingerprint)

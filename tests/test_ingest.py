@@ -1,0 +1,146 @@
+"""Ingest: every input format, stable ids, and every kind of bad record counted and kept aside with its position."""
+
+import gzip
+import io
+import json
+import shutil
+
+import pyarrow.parquet as pq
+import pytest
+from warcio.statusandheaders import StatusAndHeaders
+from warcio.warcwriter import WARCWriter
+
+from pipeline.config import load_config
+from pipeline.runner import read_record, run_pipeline
+from tests.conftest import DATA
+
+GOOD = "Photosynthesis turns light into chemical energy. Plants use it to make sugar from water and air."
+PAGE = f"<html><head><title>t</title></head><body><article><h1>Leaves</h1><p>{GOOD * 4}</p><p>{GOOD}</p></article></body></html>"
+
+
+def _warc(path, records):
+    """records: (kind, url, content_type, payload bytes)"""
+    with open(path, "wb") as fh:
+        w = WARCWriter(fh, gzip=True)
+        for kind, url, ctype, payload in records:
+            if kind == "request":
+                rec = w.create_warc_record(url, "request", payload=io.BytesIO(b"GET / HTTP/1.1\r\n\r\n"))
+            else:
+                http = StatusAndHeaders("200 OK" if kind == "ok" else "404 Not Found",
+                                        [("Content-Type", ctype)], protocol="HTTP/1.1")
+                rec = w.create_warc_record(url, "response", payload=io.BytesIO(payload), http_headers=http)
+            w.write_record(rec)
+
+
+def _dropped(out):
+    t = pq.read_table(str(out / "ingest" / "dropped"))
+    return t.to_pylist()
+
+
+def _kept(out):
+    files = sorted(p for p in (out / "ingest").glob("*.parquet"))
+    return pq.read_table([str(f) for f in files]).to_pylist() if files else []
+
+
+@pytest.fixture
+def bad_inputs(tmp_path):
+    d = tmp_path / "in"
+    d.mkdir()
+    lines = [
+        json.dumps({"id": "a", "text": GOOD, "url": "http://x/a", "lang_hint": "en"}).encode(),
+        b'{"id": "b", "text": "unterminated',  # malformed JSON (line 2)
+        b'{"id": "c", "text": "caf\xe9"}',  # invalid UTF-8 (line 3)
+        json.dumps({"id": "d", "text": "   "}).encode(),  # empty text (line 4)
+        json.dumps({"id": "e", "body": "no text field"}).encode(),  # no text field (line 5)
+        json.dumps({"id": "f", "text": "x" * (50 * 2**20)}).encode(),  # a 50 MB document (line 6)
+        json.dumps({"text": GOOD + " Second."}).encode(),  # no id: positional id
+    ]
+    (d / "docs.jsonl").write_bytes(b"\n".join(lines) + b"\n")
+    full = gzip.compress(b"".join(json.dumps({"id": f"g{i}", "text": f"{GOOD} {i}"}).encode() + b"\n" for i in range(200)))
+    (d / "trunc.jsonl.gz").write_bytes(full[: len(full) // 2])  # truncated gzip
+    _warc(d / "pages.warc.gz", [
+        ("request", "http://site/page", None, None),
+        ("ok", "http://site/page", "text/html; charset=utf-8", PAGE.encode()),
+        ("ok", "http://site/logo.png", "image/png", b"\x89PNG\r\n\x1a\n" + b"\0" * 64),  # non-HTML payload
+        ("ok", "http://site/empty", "text/html", b"<html><body></body></html>"),  # nothing to extract
+        ("404", "http://site/missing", "text/html", b"<html><body>not found</body></html>"),
+    ])
+    shutil.copy(DATA / "warcio" / "example-bad.warc.gz.bad", d / "broken-gzip.warc.gz")
+    shutil.copy(DATA / "warcio" / "example-trunc.warc", d / "trunc.warc")
+    return d
+
+
+def test_bad_records_are_counted_and_kept_aside(bad_inputs, write_config, tmp_path, ray_local):
+    cfg = load_config(write_config({"ingest": {"inputs": [{"path": str(bad_inputs), "source": "web/test"}]}}))
+    [rec] = run_pipeline(cfg)
+    dropped = _dropped(tmp_path / "out")
+    by_reason = {}
+    for r in dropped:
+        by_reason.setdefault(r["drop_reason"], []).append(r)
+
+    assert rec["docs_in"] == rec["docs_out"] + sum(rec["dropped"].values())
+    assert rec["dropped"] == {k: len(v) for k, v in by_reason.items()}
+    assert rec["details"]["non_document_warc_records"]["request"] >= 1
+
+    (bad_json,) = [r for r in by_reason["bad_json"] if "line 2" in r["drop_detail"]]
+    assert "docs.jsonl line 2" in bad_json["drop_detail"] and "unterminated" in bad_json["text"]
+    assert any("line 5" in r["drop_detail"] and "'text'" in r["drop_detail"] for r in by_reason["bad_json"])
+    (utf8,) = by_reason["bad_utf8"]
+    assert "docs.jsonl line 3: invalid UTF-8 at byte" in utf8["drop_detail"]
+    (big,) = by_reason["too_large"]
+    assert "docs.jsonl line 6" in big["drop_detail"] and str(50 * 2**20) in big["drop_detail"]
+    assert len(big["text"]) == 65_536  # kept aside, truncated
+    assert any("line 4" in r["drop_detail"] for r in by_reason["empty_text"])
+    assert any("http://site/empty" == r["url"] for r in by_reason["empty_text"])
+    truncated = {r["drop_detail"].split(":")[0].split("/")[-1] for r in by_reason["truncated_file"]}
+    assert "trunc.jsonl.gz" in truncated
+    (png,) = by_reason["not_html"]
+    assert png["url"] == "http://site/logo.png" and "image/png" in png["drop_detail"] and "offset" in png["drop_detail"]
+    (e404,) = by_reason["http_error"]
+    assert "HTTP status 404" in e404["drop_detail"]
+    broken = [r for r in dropped if "broken-gzip.warc.gz" in (r["drop_detail"] or "")]
+    assert broken and broken[0]["drop_reason"] in ("bad_warc", "truncated_file")
+
+    kept = _kept(tmp_path / "out")
+    texts = [r["text"] for r in kept]
+    assert GOOD in texts  # the good JSON line
+    assert any(t.startswith(GOOD) and "0" in t for t in texts)  # the readable start of the truncated gzip
+    assert any("Photosynthesis" in t for r, t in zip(kept, texts) if r["url"] == "http://site/page")  # extracted HTML
+    a = next(r for r in kept if r["text"] == GOOD)
+    assert json.loads(a["meta"])["lang_hint"] == "en" and a["url"] == "http://x/a"
+
+
+def test_ids_are_stable_and_formats_agree(tmp_path, write_config, ray_local):
+    """The same documents as JSONL, zstd JSONL and Parquet get the same ids; a rerun gives the same ids."""
+    import pyarrow as pa
+    import zstandard
+
+    rows = [{"id": f"doc-{i}", "text": f"{GOOD} number {i}", "url": f"http://x/{i}"} for i in range(50)]
+    d = tmp_path / "in"
+    d.mkdir()
+    body = "".join(json.dumps(r) + "\n" for r in rows).encode()
+    (d / "a.jsonl").write_bytes(body)
+    (d / "b.jsonl.zst").write_bytes(zstandard.ZstdCompressor().compress(body))
+    pq.write_table(pa.Table.from_pylist(rows), d / "c.parquet")
+    ids = []
+    for name in ["a.jsonl", "b.jsonl.zst", "c.parquet"]:
+        out = tmp_path / name
+        cfg = load_config(write_config({"run": {"output": str(out)},
+                                        "ingest": {"inputs": [{"path": str(d / name), "source": "web/same"}]}}))
+        run_pipeline(cfg)
+        ids.append(sorted(r["id"] for r in _kept(out)))
+        assert read_record(str(out), "ingest")["docs_out"] == 50
+    assert ids[0] == ids[1] == ids[2] and len(set(ids[0])) == 50
+
+
+def test_parquet_without_text_column_is_a_user_error(tmp_path, write_config):
+    import pyarrow as pa
+
+    from pipeline.errors import UserError
+
+    pq.write_table(pa.table({"body": ["x"]}), tmp_path / "x.parquet")
+    cfg = load_config(write_config({"ingest": {"inputs": [{"path": str(tmp_path / "x.parquet"), "source": "web/x"}]}}))
+    with pytest.raises(UserError, match=r"x.parquet: no column 'text' \(columns: body\)"):
+        from pipeline.stages.ingest import expand_inputs
+
+        expand_inputs(cfg.ingest)

@@ -1,0 +1,202 @@
+"""Stage `mix` end to end on real text: manifests, shards, shares, decoding, determinism, impossible recipes.
+
+The upstream outputs are built here from real articles of the bundled OneStopEnglish corpus so the
+tests need not run ingest..synth: 'dedup' holds advanced/intermediate articles with an edu_score
+(from their reading level), 'synth' stands in for the synthetic stage with elementary articles.
+"""
+
+from __future__ import annotations
+
+import copy
+import io
+import json
+import shutil
+
+import pyarrow as pa
+import pyarrow.parquet as pq
+import pytest
+import zstandard
+
+from pipeline import storage
+from pipeline.config import parse_config
+from pipeline.errors import UserError
+from pipeline.runner import read_record, run_pipeline
+from pipeline.tokenizer import PHI3_OFFLINE, load_tokenizer
+from tests.conftest import DATA
+from train_handoff.megatron import IndexedDataset
+
+LEVEL_SCORE = {"Adv": 0.9, "Int": 0.6, "Ele": 0.3}
+
+
+def _articles() -> list[dict]:
+    raw = zstandard.ZstdDecompressor().stream_reader(open(DATA / "demo" / "onestopenglish.jsonl.zst", "rb")).read()
+    rows = [json.loads(line) for line in io.BytesIO(raw).read().decode().splitlines()]
+    return sorted(rows, key=lambda r: r["id"])
+
+
+def _write_stage(output, stage: str, rows: list[dict]) -> None:
+    d = storage.join(str(output), stage)
+    storage.make_dir(d)
+    pq.write_table(pa.Table.from_pylist(rows), storage.join(d, "part-0.parquet"))
+    rec = {"stage": stage, "status": "complete", "config_hash": "test", "input_fingerprint": "test",
+           "docs_in": len(rows), "docs_out": len(rows), "dropped": {}, "tokens_out": 0, "wall_s": 0}
+    storage.write_json(storage.join(d, "_stage.json"), rec)
+
+
+@pytest.fixture(scope="module")
+def upstream(tmp_path_factory):
+    """An output directory with complete 'dedup' (web, with edu_score) and 'synth' stages of real text."""
+    out = tmp_path_factory.mktemp("mix") / "out"
+    arts = _articles()
+    level = lambda r: r["id"].split("/")[1][:3]  # noqa: E731  Texts-SeparatedByReadingLevel/Adv-Txt/...
+    web = [r for r in arts if level(r) == "Adv"][:30] + [r for r in arts if level(r) == "Int"][:30]
+    synth = [r for r in arts if level(r) == "Ele"][:12]
+    _write_stage(out, "dedup", [{"id": f"w{i:03d}", "text": r["text"], "source": "web/onestopenglish", "url": None,
+                                 "meta": "{}", "edu_score": LEVEL_SCORE[level(r)]} for i, r in enumerate(web)])
+    _write_stage(out, "synth", [{"id": f"s{i:03d}", "text": r["text"], "source": "synth/textbook", "url": None,
+                                 "meta": "{}"} for i, r in enumerate(synth)])
+    return out
+
+
+MIX = {
+    "tokenizer": str(PHI3_OFFLINE),
+    "seed": 7,
+    "shard_tokens": 8000,
+    "batch_size": 16,
+    "phase1": {"sources": [
+        {"name": "web", "stage": "dedup", "weight": 0.8},
+        {"name": "synth", "stage": "synth", "weight": 0.2, "max_epochs": 3},
+    ]},
+    "phase2": {"tokens": 40000, "sources": [
+        {"name": "web_edu", "stage": "dedup", "where": ["edu_score >= 0.7", "source == web/onestopenglish"], "weight": 0.6},
+        {"name": "synth", "stage": "synth", "weight": 0.4, "max_epochs": 4},
+    ]},
+}
+
+
+def _config(output, mix=MIX):
+    return parse_config({
+        "run": {"output": str(output), "stages": ["mix"]},
+        "ray": {"num_cpus": 2, "object_store_memory_mb": 512, "progress_bars": False},
+        "ingest": {"inputs": [{"path": "tests/data/demo/onestopenglish.jsonl.zst", "source": "web/onestopenglish"}]},
+        "mix": mix,
+    })
+
+
+def _run(upstream, tmp_path, mix=MIX, name="run"):
+    out = tmp_path / name
+    shutil.copytree(upstream, out)
+    run_pipeline(_config(out, mix), log=lambda _: None)
+    return out
+
+
+def _texts(output, stage):
+    t = pq.read_table(storage.join(str(output), stage, "part-0.parquet"))
+    return dict(zip(t["id"].to_pylist(), t["text"].to_pylist()))
+
+
+def test_mix_writes_both_phases_as_the_recipe_says(ray_local, upstream, tmp_path):
+    out = _run(upstream, tmp_path)
+    tok = load_tokenizer(str(PHI3_OFFLINE))
+    texts = {**_texts(out, "dedup"), **_texts(out, "synth")}
+    for phase, recipe in (("phase1", MIX["phase1"]), ("phase2", MIX["phase2"])):
+        pdir = out / "mix" / phase
+        manifest = json.loads((pdir / "manifest.json").read_text())
+        assert list(manifest) == ["phase", "tokenizer", "vocab_size", "tokens", "sources", "shards", "blend"]
+        assert manifest["phase"] == phase and manifest["vocab_size"] == 32011
+        shards = [IndexedDataset(str(pdir / s)) for s in manifest["shards"]]
+        assert len(shards) > 1  # shard_tokens is small on purpose
+        # token counts: manifest == shards == per-document listing == per-source sums
+        assert manifest["tokens"] == sum(s.num_tokens for s in shards)
+        docs = pq.read_table(pdir / "documents.parquet").to_pandas()
+        assert manifest["tokens"] == docs["tokens"].sum() == sum(v["tokens"] for v in manifest["sources"].values())
+        assert all(s.num_tokens >= 8000 for s in shards[:-1])
+        # blend: every shard, weights = its share of the tokens
+        blend = manifest["blend"].split()
+        assert blend[1::2] == manifest["shards"]
+        assert [float(w) for w in blend[::2]] == pytest.approx([s.num_tokens / manifest["tokens"] for s in shards], abs=1e-6)
+        # shares: within one document's tokens of the recipe's weight
+        longest = docs["tokens"].max()
+        for src in recipe["sources"]:
+            got = manifest["sources"][src["name"]]
+            assert abs(got["weight"] - src["weight"]) <= longest / manifest["tokens"], (phase, src["name"], got)
+            assert got["epochs"] <= src.get("max_epochs", 1.0) + 1e-9
+            assert got["docs"] == (docs["source"] == src["name"]).sum()
+        # documents decode back to their source text, EOS after each
+        for row in docs.sample(12, random_state=0).itertuples():
+            ids = shards[row.shard].doc(row.index)
+            assert ids[-1] == tok.eos_token_id and tok.eos_token_id not in ids[:-1]
+            assert tok.decode(ids[:-1].tolist()) == texts[row.id]
+        # different sources are interleaved, not written one after the other
+        first = docs[docs["shard"] == 0]["source"]
+        assert first.nunique() == 2
+    p1 = json.loads((out / "mix" / "phase1" / "manifest.json").read_text())
+    assert p1["sources"]["web"]["epochs"] == pytest.approx(1.0, abs=0.05)  # null budget: web is the binding source
+    edu = dict(zip(*[pq.read_table(out / "dedup" / "part-0.parquet")[c].to_pylist() for c in ("id", "edu_score")]))
+    p2docs = pq.read_table(out / "mix" / "phase2" / "documents.parquet").to_pandas()
+    assert min(edu[i] for i in p2docs[p2docs["source"] == "web_edu"]["id"]) >= 0.7
+    assert p2docs["tokens"].sum() == pytest.approx(40000, abs=int(p2docs["tokens"].max()))
+    rec = read_record(str(out), "mix")
+    assert rec["docs_in"] == rec["docs_out"] + sum(rec["dropped"].values())
+    assert rec["dropped"]["mix_where"] > 0  # phase 2 leaves out the intermediate-level articles
+    assert rec["tokens_out"] == p1["tokens"] + json.loads((out / "mix" / "phase2" / "manifest.json").read_text())["tokens"]
+    assert not (out / "mix" / "_tokenized").exists()
+
+
+@pytest.mark.slow  # three mix runs
+def test_same_seed_same_bytes_other_seed_other_order(ray_local, upstream, tmp_path):
+    a = _run(upstream, tmp_path, name="a")
+    b = _run(upstream, tmp_path, name="b")
+    other = copy.deepcopy(MIX)
+    other["seed"] = 8
+    c = _run(upstream, tmp_path, mix=other, name="c")
+    for phase in ("phase1", "phase2"):
+        files = sorted(p.name for p in (a / "mix" / phase).iterdir())
+        assert files == sorted(p.name for p in (b / "mix" / phase).iterdir())
+        for f in files:
+            assert (a / "mix" / phase / f).read_bytes() == (b / "mix" / phase / f).read_bytes(), f
+        ids_a = pq.read_table(a / "mix" / phase / "documents.parquet")["id"].to_pylist()
+        ids_c = pq.read_table(c / "mix" / phase / "documents.parquet")["id"].to_pylist()
+        assert ids_a != ids_c
+        assert (a / "mix" / phase / "shard_00000.bin").read_bytes() != (c / "mix" / phase / "shard_00000.bin").read_bytes()
+    # phase 1 takes every web document once in any order: the same multiset, another order
+    p1a = pq.read_table(a / "mix" / "phase1" / "documents.parquet").to_pandas()
+    p1c = pq.read_table(c / "mix" / "phase1" / "documents.parquet").to_pandas()
+    web = lambda d: sorted(d[d["source"] == "web"]["id"])  # noqa: E731
+    assert web(p1a) == web(p1c)
+
+
+def test_impossible_recipe_names_the_numbers(ray_local, upstream, tmp_path):
+    mix = copy.deepcopy(MIX)
+    mix["phase2"]["tokens"] = 2_000_000
+    with pytest.raises(UserError) as e:
+        _run(upstream, tmp_path, mix=mix, name="impossible")
+    msg = str(e.value)
+    assert "mix.phase2: impossible recipe" in msg
+    assert "source 'web_edu' (stage dedup, where edu_score >= 0.7 and source == web/onestopenglish) needs 1,200,000 tokens" in msg
+    assert "x max_epochs 1 =" in msg and "raise its max_epochs to" in msg
+    assert "source 'synth'" in msg and "x max_epochs 4 =" in msg
+
+
+def test_missing_where_column_is_a_user_error(ray_local, upstream, tmp_path):
+    mix = copy.deepcopy(MIX)
+    mix["phase2"]["sources"][1]["where"] = ["edu_score >= 0.5"]  # synth has no edu_score column
+    with pytest.raises(UserError, match=r"stage 'synth' has no column\(s\) \['edu_score'\]"):
+        _run(upstream, tmp_path, mix=mix, name="nocol")
+
+
+@pytest.mark.parametrize(
+    "change, expected",
+    [
+        (lambda m: m["phase1"]["sources"][0].update(weight=0.5), r"mix\.phase1: source weights must sum to 1, got 0\.7 \(web=0\.5, synth=0\.2\)"),
+        (lambda m: m["phase2"]["sources"][0].update(where=["edu_score => 0.6"]), r"mix\.phase2\.sources\[0\]\.where: rule 'edu_score => 0\.6' is not 'COLUMN OP VALUE'"),
+        (lambda m: m["phase1"]["sources"][1].update(tokens=100), r"source 'synth': give exactly one of 'weight'"),
+        (lambda m: m["phase1"]["sources"][1].update(stage="mix"), r"mix\.phase1\.sources\[1\]\.stage"),
+        (lambda m: m.pop("phase2"), r"mix\.phase2: required key is missing"),
+    ],
+)
+def test_recipe_config_errors_name_the_key(tmp_path, change, expected):
+    mix = copy.deepcopy(MIX)
+    change(mix)
+    with pytest.raises(UserError, match=expected):
+        _config(tmp_path, mix)
