@@ -1,9 +1,8 @@
 """Bucketing on Ray: documents that share a key (exact-text hash or LSH band key) become candidate pairs.
 
 Every document gives one row per key: its exact-text hash and one key per band. Rows are spread over
-`partitions` groups by their key (`groupby("part")`, Ray Data's hash shuffle), so one `map_groups` call
-sees every row of each key it holds and groups them with pyarrow's vectorized `group_by` instead of one
-Python call per key. A call holds one partition: memory is bounded by rows / partitions, not the corpus.
+`partitions` by their key (shuffle.py), so one call sees every row of each key it holds and groups them
+with pyarrow's vectorized `group_by`.
 """
 
 from __future__ import annotations
@@ -12,11 +11,13 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
 
+from pipeline.dedup.shuffle import PART
+
 EDGE_SCHEMA = pa.schema([("a", pa.string()), ("b", pa.string()), ("exact", pa.bool_())])
 
 
 def key_rows(ranks: list[str], exact: list[bytes] | None, bands: np.ndarray | None, has_words: np.ndarray, partitions: int) -> pa.Table:
-    """(part, key, rank, exact) rows: one per document for its exact hash (16 bytes), one per band for
+    """(PART, key, rank, exact) rows: one per document for its exact hash (16 bytes), one per band for
     documents with words (8-byte band key)."""
     keys: list[bytes] = []
     rank: list[str] = []
@@ -33,7 +34,7 @@ def key_rows(ranks: list[str], exact: list[bytes] | None, bands: np.ndarray | No
         flag += [False] * rows.size
     part = [int.from_bytes(k[:8], "little") % partitions for k in keys]
     return pa.table(
-        {"part": pa.array(part, pa.int64()), "key": pa.array(keys, pa.binary()), "rank": pa.array(rank, pa.string()), "exact": pa.array(flag, pa.bool_())}
+        {PART: pa.array(part, pa.int64()), "key": pa.array(keys, pa.binary()), "rank": pa.array(rank, pa.string()), "exact": pa.array(flag, pa.bool_())}
     )
 
 

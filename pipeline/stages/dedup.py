@@ -22,6 +22,8 @@ class DedupConfig(Section):
     seed: int = 1  # MinHash permutation seed: same seed, same clusters
     score_column: str | None = "edu_score"  # the kept document is the one with the highest score, then smallest id
     partitions: int | None = Field(None, ge=1)  # shuffle partitions; default max(cluster CPUs, rows / 1M)
+    # drop near-duplicate candidate pairs whose true Jaccard of shingle sets is below this (two more shuffles)
+    verify_threshold: float | None = Field(None, gt=0, le=1)
 
     @model_validator(mode="after")
     def _banding(self) -> "DedupConfig":
