@@ -15,6 +15,9 @@ partition (shuffle.py), so memory is bounded by a partition, not by the corpus.
    rank of the component, i.e. the document kept.
 5. assign (one shuffle by rank): each document meets its node row (root, size) and exact-copy row, if
    any, and gets drop_reason/drop_detail, dup_cluster, dup_cluster_size. Row order is not kept.
+
+The joins of steps 3 and 5 are hash-partitioned `groupby`s over a union of both sides rather than
+`Dataset.join`, which needs polars (not a dependency here).
 """
 
 from __future__ import annotations
