@@ -176,18 +176,21 @@ def hash_order(i: int) -> int:
 
 
 def _fit(fasttext, kwargs: dict):
-    """Train; on fastText's "Encountered NaN" (a diverged run, seen now and then on long documents) try the
-    next seeds. The seed that trained is in metrics.json (fasttext_args.seed)."""
+    """Train; on fastText's "Encountered NaN" (a diverged run, seen now and then, on some runs for all of
+    five seeds at lr 0.5) try the next seed at half the learning rate. The seed and learning rate that
+    trained are in metrics.json (fasttext_args)."""
+    lr = kwargs["lr"]
     for attempt in range(5):
         try:
-            return fasttext.train_supervised(**{**kwargs, "seed": kwargs["seed"] + attempt})
+            return fasttext.train_supervised(**{**kwargs, "seed": kwargs["seed"] + attempt, "lr": lr})
         except RuntimeError as e:
             if "autotune" in str(e):  # e.g. "Didn't have enough time to train once"
                 raise UserError(f"fastText autotune: {e}") from None
             if "NaN" not in str(e):
                 raise
-            print(f"fastText diverged (seed {kwargs['seed'] + attempt}); retrying with the next seed")
-    raise UserError(f"fastText diverged on 5 seeds with {kwargs}; lower --lr")
+            print(f"fastText diverged (seed {kwargs['seed'] + attempt}, lr {lr:g}); retrying with the next seed at lr {lr / 2:g}")
+            lr /= 2
+    raise UserError(f"fastText diverged on 5 tries (learning rate {kwargs['lr']:g} halved each time) with {kwargs}; lower --lr")
 
 
 def _autotune_files(tmp: str, labels: Labels, targets: list[str], train_idx: np.ndarray, params: TrainParams) -> dict:

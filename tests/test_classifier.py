@@ -101,6 +101,17 @@ def test_per_score_model_gives_expected_rating(tmp_path):
     assert 0 <= lo < hi <= 5
 
 
+def test_diverged_training_retries_at_half_the_learning_rate(tmp_path):
+    """fastText's "Encountered NaN": lr 100 diverges on this set, 50 trains; 1000 fails five times over."""
+    rows = [{"text": f"python function argument returns value example {i}", "score": 4, "group": f"d{i}"} for i in range(30)]
+    rows += [{"text": f"buy cheap shoes sale click here now {i}", "score": 0, "group": f"c{i}"} for i in range(30)]
+    labels = write_jsonl(tmp_path / "r.jsonl", rows)
+    m = train([labels], str(tmp_path / "m"), TrainParams(quantize=False, valid_fraction=0.3, lr=100))
+    assert (m["fasttext_args"]["lr"], m["fasttext_args"]["seed"]) == (50, 1)
+    with pytest.raises(UserError, match=r"diverged on 5 tries .*lower --lr"):
+        train([labels], str(tmp_path / "m2"), TrainParams(quantize=False, valid_fraction=0.3, lr=1000))
+
+
 # --- bad label sets -----------------------------------------------------------------------------
 
 def test_single_class_labels_name_the_file(tmp_path):
