@@ -72,7 +72,7 @@ class VLLMConfig(Section):
     dtype: str = "auto"
     enforce_eager: bool = False  # skip torch.compile/CUDA graphs: faster start, slower decode
     batch_size: int = Field(64, ge=1)  # prompts per UDF call, four in flight per engine (and cached per batch)
-    engine_kwargs: dict = {}  # any other `vllm.LLM` argument
+    engine_kwargs: dict = {}  # any other vLLM engine argument (`AsyncEngineArgs`, the same as `vllm.LLM` takes)
 
     @model_validator(mode="after")
     def _gpus_cover_tp(self) -> "VLLMConfig":
