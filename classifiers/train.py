@@ -207,11 +207,12 @@ def _fit(fasttext, kwargs: dict):
             return fasttext.load_model(path), args
         if "autotune" in err:  # e.g. "Didn't have enough time to train once"
             raise UserError(f"fastText autotune: {err}")
-        if "NaN" not in err or lr is None:
+        if "NaN" not in err:
             raise RuntimeError(err)
-        print(f"fastText diverged (seed {args['seed']}, lr {lr:g}); retrying with the next seed at lr {lr / 2:g}")
-        lr /= 2
-    raise UserError(f"fastText diverged on 5 tries (learning rate {kwargs['lr']:g} halved each time) with {kwargs}; lower --lr")
+        print(f"fastText diverged (seed {args['seed']}); retrying with the next seed" + (f" at lr {lr / 2:g}" if lr else ""))
+        if lr is not None:  # autotune picks its own rate: there only the seed changes, as before
+            lr /= 2
+    raise UserError(f"fastText diverged on 5 tries (learning rate {kwargs.get('lr', 'autotuned')} halved each time) with {kwargs}; lower --lr")
 
 
 def _autotune_files(tmp: str, labels: Labels, targets: list[str], train_idx: np.ndarray, params: TrainParams) -> dict:
