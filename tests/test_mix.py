@@ -34,10 +34,14 @@ def _articles() -> list[dict]:
     return sorted(rows, key=lambda r: r["id"])
 
 
-def _write_stage(output, stage: str, rows: list[dict]) -> None:
+def _write_stage(output, stage: str, rows: list[dict], parts: int = 1, row_group_size: int | None = None) -> None:
+    """Parts and row groups like a stage's: mix plans its tasks from them (merging small groups, splitting large)."""
     d = storage.join(str(output), stage)
     storage.make_dir(d)
-    pq.write_table(pa.Table.from_pylist(rows), storage.join(d, "part-0.parquet"))
+    table = pa.Table.from_pylist(rows)
+    step = -(-len(rows) // parts)
+    for i in range(parts):
+        pq.write_table(table.slice(i * step, step), storage.join(d, f"part-{i}.parquet"), row_group_size=row_group_size)
     rec = {"stage": stage, "status": "complete", "config_hash": "test", "input_fingerprint": "test",
            "docs_in": len(rows), "docs_out": len(rows), "dropped": {}, "tokens_out": 0, "wall_s": 0}
     storage.write_json(storage.join(d, "_stage.json"), rec)
@@ -52,7 +56,8 @@ def upstream(tmp_path_factory):
     web = [r for r in arts if level(r) == "Adv"][:30] + [r for r in arts if level(r) == "Int"][:30]
     synth = [r for r in arts if level(r) == "Ele"][:12]
     _write_stage(out, "dedup", [{"id": f"w{i:03d}", "text": r["text"], "source": "web/onestopenglish", "url": None,
-                                 "meta": "{}", "edu_score": LEVEL_SCORE[level(r)]} for i, r in enumerate(web)])
+                                 "meta": "{}", "edu_score": LEVEL_SCORE[level(r)]} for i, r in enumerate(web)],
+                 parts=2, row_group_size=4)
     _write_stage(out, "synth", [{"id": f"s{i:03d}", "text": r["text"], "source": "synth/textbook", "url": None,
                                  "meta": "{}"} for i, r in enumerate(synth)])
     return out
@@ -91,7 +96,7 @@ def _run(upstream, tmp_path, mix=MIX, name="run"):
 
 
 def _texts(output, stage):
-    t = pq.read_table(storage.join(str(output), stage, "part-0.parquet"))
+    t = pq.read_table(storage.join(str(output), stage))
     return dict(zip(t["id"].to_pylist(), t["text"].to_pylist()))
 
 
@@ -122,8 +127,8 @@ def test_mix_writes_both_phases_as_the_recipe_says(ray_local, upstream, tmp_path
             assert abs(got["weight"] - src["weight"]) <= longest / manifest["tokens"], (phase, src["name"], got)
             assert got["epochs"] <= src.get("max_epochs", 1.0) + 1e-9
             assert got["docs"] == (docs["source"] == src["name"]).sum()
-        # documents decode back to their source text, EOS after each
-        for row in docs.sample(12, random_state=0).itertuples():
+        # every document decodes back to its source text, EOS after each
+        for row in docs.itertuples():
             ids = shards[row.shard].doc(row.index)
             assert ids[-1] == tok.eos_token_id and tok.eos_token_id not in ids[:-1]
             assert tok.decode(ids[:-1].tolist()) == texts[row.id]
@@ -132,7 +137,7 @@ def test_mix_writes_both_phases_as_the_recipe_says(ray_local, upstream, tmp_path
         assert first.nunique() == 2
     p1 = json.loads((out / "mix" / "phase1" / "manifest.json").read_text())
     assert p1["sources"]["web"]["epochs"] == pytest.approx(1.0, abs=0.05)  # null budget: web is the binding source
-    edu = dict(zip(*[pq.read_table(out / "dedup" / "part-0.parquet")[c].to_pylist() for c in ("id", "edu_score")]))
+    edu = dict(zip(*[pq.read_table(out / "dedup")[c].to_pylist() for c in ("id", "edu_score")]))
     p2docs = pq.read_table(out / "mix" / "phase2" / "documents.parquet").to_pandas()
     assert min(edu[i] for i in p2docs[p2docs["source"] == "web_edu"]["id"]) >= 0.7
     assert p2docs["tokens"].sum() == pytest.approx(40000, abs=int(p2docs["tokens"].max()))
@@ -164,6 +169,34 @@ def test_same_seed_same_bytes_other_seed_other_order(ray_local, upstream, tmp_pa
     p1c = pq.read_table(c / "mix" / "phase1" / "documents.parquet").to_pandas()
     web = lambda d: sorted(d[d["source"] == "web"]["id"])  # noqa: E731
     assert web(p1a) == web(p1c)
+
+
+def test_read_tasks_cover_every_row_once_largest_first(tmp_path, monkeypatch):
+    """The tokenization plan: every document of every stage in exactly one task, in the task's stated place;
+    small row groups merged, a large one split, the largest task first."""
+    from pipeline.stages import mix
+
+    arts = _articles()[:90]
+    rows = lambda n, at: [{"id": f"{at}{i:03d}", "text": r["text"]} for i, r in enumerate(arts[:n])]  # noqa: E731
+    _write_stage(tmp_path, "small_groups", rows(60, "a"), parts=3, row_group_size=2)
+    _write_stage(tmp_path, "one_group", rows(90, "b"))
+    files = {stage: storage.list_files(str(tmp_path / stage), suffix=".parquet") for stage in ("small_groups", "one_group")}
+    monkeypatch.setattr(mix, "TASK_BYTES", 40_000)  # a few articles per task
+    tasks = mix._read_tasks(files, cores=1)
+
+    assert [t["task"] for t in tasks] == list(range(len(tasks)))
+    assert [t["bytes"] for t in tasks] == sorted((t["bytes"] for t in tasks), reverse=True)
+    assert any(t["last"] - t["first"] > 1 for t in tasks if t["stage"] == "small_groups")  # merged
+    assert sum(t["stage"] == "one_group" for t in tasks) > 1  # split
+    for stage, n in (("small_groups", 60), ("one_group", 90)):
+        ids = pq.read_table(str(tmp_path / stage))["id"].to_pylist()
+        seen = [None] * n
+        for t in (t for t in tasks if t["stage"] == stage):
+            got = pq.ParquetFile(t["path"]).read_row_groups(range(t["first"], t["last"]))["id"].to_pylist()[t["start"]:t["stop"]]
+            for k, doc in enumerate(got):
+                assert seen[t["row"] + k] is None, "a row in two tasks"
+                seen[t["row"] + k] = doc
+        assert seen == ids
 
 
 def test_impossible_recipe_names_the_numbers(ray_local, upstream, tmp_path):
