@@ -199,6 +199,21 @@ def test_read_tasks_cover_every_row_once_largest_first(tmp_path, monkeypatch):
         assert seen == ids
 
 
+def test_mix_runs_with_fewer_free_cpus_than_the_cluster_has(ray_local, upstream, tmp_path):
+    """Another job holds one of the two CPUs: the tokenizing actor pool starts with what it gets and the
+    shards are the same as with both CPUs."""
+    hog = ray_local.remote(num_cpus=1)(type("Hog", (), {"ping": lambda self: 1})).remote()
+    ray_local.get(hog.ping.remote())
+    try:
+        busy = _run(upstream, tmp_path, name="busy")
+    finally:
+        ray_local.kill(hog)
+    free = _run(upstream, tmp_path, name="free")
+    for phase in ("phase1", "phase2"):
+        for f in sorted((free / "mix" / phase).iterdir()):
+            assert (busy / "mix" / phase / f.name).read_bytes() == f.read_bytes(), f
+
+
 def test_impossible_recipe_names_the_numbers(ray_local, upstream, tmp_path):
     mix = copy.deepcopy(MIX)
     mix["phase2"]["tokens"] = 2_000_000
