@@ -1,7 +1,7 @@
 """Tokenization throughput of the mix stage (Phi-3 tokenizer, Ray map_batches, shards written) against a bare
 `tokenizers` batch encode of the same text, in MB of UTF-8 text per second per core.
 
-    .venv/bin/python bench/tokenize_speed.py [--output out/demo] [--cpus 2] [--scales 1,8]
+    .venv/bin/python bench/tokenize_speed.py [--output out/demo] [--cpus 2] [--scales 1,8,32] [--repeats 3]
 
 Reads the demo corpus's ingested documents (running ingest into --output if it is missing) and, for each
 scale k, writes them k times over (ids suffixed, so every copy is a document of its own) into a scratch
@@ -11,7 +11,8 @@ and manifests included). The baseline encodes the same texts on one thread with 
 in batches of the stage's batch size. A shared machine's speed drifts by 20% within a minute, so the bare
 encode runs again after each stage run and each run is compared with the mean of the bare runs on either
 side; `--repeats` runs per scale, and their median is reported. The demo corpus is 15 MB, where the stage's
-fixed costs (actor start, Ray Data planning) weigh; the larger scale shows the throughput a real corpus sees.
+fixed costs (the actor pool's start) weigh; the larger scales show the throughput a real corpus sees (the
+whole bench takes about 10 minutes on 2 cores).
 Ends with `ratio: <stage MB/s per core / bare MB/s per core>`, the median at the largest scale.
 """
 
@@ -45,7 +46,7 @@ def main() -> None:
     ap = argparse.ArgumentParser()
     ap.add_argument("--output", default=str(ROOT / "out" / "demo"))
     ap.add_argument("--cpus", type=int, default=2)
-    ap.add_argument("--scales", default="1,8", help="copies of the corpus per run, comma-separated")
+    ap.add_argument("--scales", default="1,8,32", help="copies of the corpus per run, comma-separated")
     ap.add_argument("--repeats", type=int, default=3, help="stage runs per scale; the ratio is their median")
     args = ap.parse_args()
     if read_record(args.output, "ingest") is None:
