@@ -37,6 +37,7 @@ from pipeline.tokenizer import PHI3_HUB, encode_plain, encoder_from_json, load_t
 from train_handoff.megatron import IndexedDataset, IndexedDatasetWriter
 
 PHASES = ("phase1", "phase2")
+TOKENIZED = pa.schema([("task", pa.int64()), ("offset", pa.int64()), ("n_tokens", pa.int64()), ("tokens", pa.large_binary())])
 TASK_BYTES = 4 << 20  # the most text per tokenization task: about a second of one core
 
 
@@ -123,8 +124,7 @@ class _ReadAndTokenize:
                     "n_tokens": n_tokens,
                     "tokens": tokens,
                 }))
-        return pa.concat_tables(out) if out else pa.table({"task": pa.array([], pa.int64()), "offset": pa.array([], pa.int64()),
-                                                           "n_tokens": pa.array([], pa.int64()), "tokens": pa.array([], pa.large_binary())})
+        return pa.concat_tables(out) if out else TOKENIZED.empty_table()
 
 
 def _read_tasks(files: dict[str, list[str]], cores: int) -> list[dict]:
@@ -207,25 +207,25 @@ def tokenize_sources(ctx: StageContext, tok, work: str) -> dict[str, tuple[pa.Ta
     )
     # Documents are put in id order below, so tasks may finish in any order (a slow one holds nothing up).
     tokenized.context.execution_options.preserve_order = False
+    stages = list(files)
     first_row = np.array([t["row"] for t in tasks], np.int64)
-    stage_of = [t["stage"] for t in tasks]
-    writers = {stage: IndexedDatasetWriter(os.path.join(work, stage), dtype=np.dtype(dtype).type) for stage in files}
-    placed = {stage: [] for stage in files}  # per batch: the documents' rows in the stage, in its file, their tokens
+    stage_of = np.array([stages.index(t["stage"]) for t in tasks], np.int64)
+    writers = [IndexedDatasetWriter(os.path.join(work, stage), dtype=np.dtype(dtype).type) for stage in stages]
+    placed = {stage: [] for stage in stages}  # per batch: the documents' rows in the stage, in its file, their tokens
     for batch in tokenized.iter_batches(batch_format="pyarrow", batch_size=None) if tasks else []:
         task = batch["task"].to_numpy()
-        at = first_row[task] + batch["offset"].to_numpy()
+        at, stage = first_row[task] + batch["offset"].to_numpy(), stage_of[task]
         in_file = np.empty(len(task), np.int64)
-        for i, (t, blob) in enumerate(zip(task.tolist(), batch["tokens"].to_pylist())):
-            writer = writers[stage_of[t]]
-            in_file[i] = writer.docs
-            writer.add_document(np.frombuffer(blob, dtype=dtype))
-        for stage in {stage_of[t] for t in np.unique(task).tolist()}:
-            mine = np.array([stage_of[t] == stage for t in task.tolist()])
-            placed[stage].append((at[mine], in_file[mine], batch["n_tokens"].to_numpy()[mine]))
+        for i, (k, blob) in enumerate(zip(stage.tolist(), batch["tokens"].to_pylist())):
+            in_file[i] = writers[k].docs
+            writers[k].add_document(np.frombuffer(blob, dtype=dtype))
+        for k in np.unique(stage).tolist():
+            mine = stage == k
+            placed[stages[k]].append((at[mine], in_file[mine], batch["n_tokens"].to_numpy()[mine]))
     out = {}
-    for stage, paths in files.items():
-        writers[stage].close()
-        meta = pa.concat_tables([_read_columns(p, keep[stage]) for p in paths])
+    for writer, (stage, paths) in zip(writers, files.items()):
+        writer.close()
+        meta = pa.concat_tables([_read_columns(p, keep[stage]) for p in paths], promote_options="default")
         at, in_file, n_tokens = (np.concatenate([p[k] for p in placed[stage]]) if placed[stage] else np.zeros(0, np.int64) for k in range(3))
         order = np.argsort(at, kind="stable")
         if len(at) != meta.num_rows or not np.array_equal(at[order], np.arange(meta.num_rows)):
