@@ -112,9 +112,8 @@ class _ReadAndTokenize:
     def __call__(self, tasks: pa.Table) -> pa.Table:
         out = []
         for t in tasks.to_pylist():
-            fs, local = storage.resolve(t["path"])
-            with fs.open_input_file(local) as f:
-                table = pq.ParquetFile(f).read_row_groups(range(t["first"], t["last"]), columns=["text"], use_threads=False)
+            with _parquet(t["path"]) as pf:
+                table = pf.read_row_groups(range(t["first"], t["last"]), columns=["text"], use_threads=False)
             texts = table["text"].slice(t["start"], t["stop"] - t["start"]).to_pylist()
             for i in range(0, len(texts), self.batch_size):
                 n_tokens, tokens = _tokenize(texts[i : i + self.batch_size], self.encoder, self.eos, self.dtype)
@@ -140,9 +139,8 @@ def _read_tasks(files: dict[str, list[str]], cores: int) -> list[dict]:
     for stage, paths in files.items():
         row = 0
         for path in paths:
-            fs, local = storage.resolve(path)
-            with fs.open_input_file(local) as f:
-                meta = pq.ParquetFile(f).metadata
+            with _parquet(path) as pf:
+                meta = pf.metadata
             text = [meta.schema.column(i).path for i in range(meta.num_columns)].index("text")
             for g in range(meta.num_row_groups):
                 rows = meta.row_group(g).num_rows
@@ -184,9 +182,8 @@ def tokenize_sources(ctx: StageContext, tok, work: str) -> dict[str, tuple[pa.Ta
         files[stage] = storage.list_files(directory, suffix=".parquet")
         if not files[stage]:
             raise UserError(f"{directory}: no Parquet parts; rerun stage '{stage}' with --force")
-        fs, local = storage.resolve(files[stage][0])
-        with fs.open_input_file(local) as f:
-            names = pq.ParquetFile(f).schema_arrow.names
+        with _parquet(files[stage][0]) as pf:
+            names = pf.schema_arrow.names
         keep[stage] = _columns_needed(cfg, stage)
         absent = [c for c in keep[stage] + ["text"] if c not in names]
         if absent:
@@ -236,9 +233,14 @@ def tokenize_sources(ctx: StageContext, tok, work: str) -> dict[str, tuple[pa.Ta
 
 
 def _read_columns(path: str, columns: list[str]) -> pa.Table:
+    with _parquet(path) as pf:
+        return pf.read(columns=columns)
+
+
+def _parquet(path: str) -> pq.ParquetFile:
+    """A stage's Parquet part, on local disk or an object store."""
     fs, local = storage.resolve(path)
-    with fs.open_input_file(local) as f:
-        return pq.read_table(f, columns=columns)
+    return pq.ParquetFile(local, filesystem=fs)
 
 
 def write_phase(phase: str, picks: list[tuple[str, np.ndarray, pa.Table, IndexedDataset]], cfg: MixConfig, out_dir: str,
