@@ -1,6 +1,7 @@
 """Typed schema for YAML recipes, and loading with errors that name the file, key path and expectation.
 
-Each stage's section is defined next to the stage's code; this module assembles them.
+Each stage's section is defined in `pipeline/stages/<name>/config.py`; this module assembles them in the
+registry's order. It imports no engine: `status`, `validate`, `tune` and `report` load configs cheaply.
 """
 
 from __future__ import annotations
@@ -12,27 +13,20 @@ from pathlib import Path
 from typing import Literal
 
 import yaml
-from pydantic import Field, ValidationError, model_validator
+from pydantic import Field, ValidationError, create_model, model_validator
 
 from pipeline.errors import UserError
+from pipeline.registry import ORDER, STAGES
 from pipeline.section import Section
-from pipeline.stages.annotate import AnnotateConfig
-from pipeline.stages.dedup import DedupConfig
-from pipeline.stages.ingest import IngestConfig
-from pipeline.stages.mix import MixConfig
-from pipeline.stages.select import SelectConfig
-from pipeline.stages.synth import SynthConfig
-from train_handoff.config import TrainConfig
 
-STAGE_ORDER = ["ingest", "annotate", "select", "dedup", "synth", "mix", "train"]
-StageName = Literal["ingest", "annotate", "select", "dedup", "synth", "mix", "train"]
+StageName = Literal[ORDER]  # type: ignore[valid-type]
 
 
 class RunConfig(Section):
     """Where the run writes and which stages it runs by default."""
 
-    name: str = Field("run", pattern=r"^[A-Za-z0-9_.-]+$")
-    output: str = "out/run"
+    name: str = Field("run", pattern=r"^[A-Za-z0-9_.-]+$")  # names the run in reports and the loss curve
+    output: str = "out/run"  # a directory or an object-store URI (s3://bucket/run); one per run
     stages: list[StageName] | None = None  # default: every stage that has a section
 
 
@@ -42,37 +36,40 @@ class RayConfig(Section):
     address: str | None = None  # also RAY_ADDRESS; "auto" joins a running local cluster
     num_cpus: int | None = Field(None, ge=1)  # in-process Ray only; default: all cores
     object_store_memory_mb: int | None = Field(None, ge=64)  # in-process Ray only
-    progress_bars: bool = True
+    progress_bars: bool = True  # Ray Data progress bars on the console
 
 
-class Config(Section):
+class _Recipe(Section):
+    """A whole recipe: `run`, `ray` and one section per stage (the registry's order and config classes)."""
+
     run: RunConfig = RunConfig()
     ray: RayConfig = RayConfig()
-    ingest: IngestConfig
-    annotate: AnnotateConfig | None = None
-    select: SelectConfig | None = None
-    dedup: DedupConfig | None = None
-    synth: SynthConfig | None = None
-    mix: MixConfig | None = None
-    train: TrainConfig | None = None
 
     @model_validator(mode="after")
-    def _stages_have_sections(self) -> "Config":
+    def _stages_have_sections(self) -> "_Recipe":
         for name in self.run.stages or []:
-            if name != "ingest" and getattr(self, name, None) is None:
+            if getattr(self, name, None) is None:
                 raise ValueError(f"run.stages names '{name}' but the config has no '{name}' section")
         return self
 
     def stages(self) -> list[str]:
         """Stages this config runs, in pipeline order."""
-        wanted = self.run.stages or [s for s in STAGE_ORDER if getattr(self, s, None) is not None]
-        return [s for s in STAGE_ORDER if s in wanted]
+        wanted = self.run.stages or [s for s in ORDER if getattr(self, s, None) is not None]
+        return [s for s in ORDER if s in wanted]
 
     def section_hash(self, stage: str) -> str:
         """Hash of one stage's section: a stage reruns when this changes."""
         section = getattr(self, stage)
         blob = json.dumps(section.model_dump(mode="json"), sort_keys=True)
         return hashlib.sha256(blob.encode()).hexdigest()[:16]
+
+
+Config = create_model(
+    "Config",
+    __base__=_Recipe,
+    __doc__="A phicurate recipe (YAML): where to write, how to reach Ray, and a section per stage.",
+    **{s.name: (s.config, ...) if s.required else (s.config | None, None) for s in STAGES},
+)
 
 
 def _key_path(loc: tuple) -> str:
@@ -90,7 +87,7 @@ def _key_path(loc: tuple) -> str:
 def _explain(err: dict) -> str:
     kind = err["type"]
     if kind == "extra_forbidden":
-        return "unknown key (check the spelling; see the config reference in README.md)"
+        return "unknown key (check the spelling; see docs/config.md)"
     if kind == "missing":
         return "required key is missing"
     msg = err["msg"].removeprefix("Value error, ")

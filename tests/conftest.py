@@ -13,8 +13,11 @@ DATA = ROOT / "tests" / "data"
 
 
 @pytest.fixture(scope="session")
-def ray_local():
-    """An in-process Ray with 2 CPUs and a small object store, shared by the tests of a session."""
+def ray_local(s3_server):
+    """An in-process Ray with 2 CPUs and a small object store, shared by the tests of a session.
+
+    Started after the S3 endpoint so that its workers inherit the endpoint's variables, as a cluster's
+    workers get them from their environment or the job's runtime_env."""
     import ray
 
     if not ray.is_initialized():
@@ -45,3 +48,53 @@ def _cwd_root(monkeypatch):
     """Config paths are relative to the working directory; tests run from the repository root."""
     monkeypatch.chdir(ROOT)
     os.environ.setdefault("RAY_AUTH_MODE", "disabled")
+
+
+@pytest.fixture(scope="session")
+def s3_server():
+    """A real S3-compatible endpoint: moto's server on 127.0.0.1, reached the way a user reaches S3 (the
+    standard AWS variables, which pyarrow and boto3 both read). Yields its URL; stopped at the end."""
+    import socket
+    import subprocess
+    import sys
+    import time
+    import urllib.request
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    url = f"http://127.0.0.1:{port}"
+    proc = subprocess.Popen([sys.executable, "-m", "moto.server", "-H", "127.0.0.1", "-p", str(port)],
+                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    env = {"AWS_ENDPOINT_URL": url, "AWS_ACCESS_KEY_ID": "test", "AWS_SECRET_ACCESS_KEY": "test",
+           "AWS_DEFAULT_REGION": "us-east-1", "AWS_EC2_METADATA_DISABLED": "true"}
+    old = {k: os.environ.get(k) for k in env}
+    os.environ.update(env)
+    try:
+        for _ in range(100):
+            try:
+                urllib.request.urlopen(url, timeout=1)
+                break
+            except OSError:
+                time.sleep(0.1)
+        else:
+            raise RuntimeError(f"moto server did not start on {url}")
+        yield url
+    finally:
+        proc.terminate()
+        proc.wait(timeout=10)
+        for k, v in old.items():
+            if v is None:
+                os.environ.pop(k, None)
+            else:
+                os.environ[k] = v
+
+
+@pytest.fixture
+def s3_bucket(s3_server, request):
+    """A fresh bucket on the moto server, named after the test; yields 's3://<bucket>'."""
+    import boto3
+
+    name = "t-" + "".join(c if c.isalnum() else "-" for c in request.node.name.lower())[:50].strip("-")
+    boto3.client("s3", endpoint_url=s3_server).create_bucket(Bucket=name)
+    return f"s3://{name}"

@@ -10,7 +10,7 @@ import pytest
 from pipeline import storage
 from pipeline.config import load_config
 from pipeline.runner import read_record, run_pipeline
-from pipeline.signals import SIGNAL_FIELDS
+from pipeline.stages.annotate.signals import SIGNAL_FIELDS
 from tests.test_signals import BOILERPLATE, FRENCH, GOOD, REPETITIVE, SHORT, _onestopenglish
 
 QUIET = dict(log=lambda m: None)

@@ -13,8 +13,8 @@ from classifiers.metrics import binary_metrics, roc_auc
 from classifiers.rubric import PROMPT_VERSION, build_prompt, parse_score
 from classifiers.score import EduScorer
 from classifiers.train import TrainParams, evaluate, train
-from pipeline.cli import main
 from pipeline.errors import UserError
+from pipeline.tools.cli import main
 
 LABELS = "tests/data/labels/edu-reference.jsonl.zst"
 # The floor for the held-out ROC-AUC. Measured on this split (seed 0, groups = site/page/article):
@@ -223,7 +223,7 @@ def test_label_replies_keeps_unparsed_aside():
 # --- the teacher's backend from the command line ------------------------------------------------
 
 def _annotate_args(*argv):
-    from pipeline.cli import build_parser
+    from pipeline.tools.cli import build_parser
 
     return build_parser().parse_args(["classifier", "annotate", "out/x", "--out", "labels", *argv])
 

@@ -13,15 +13,15 @@ import pytest
 import zstandard
 from datasketch import MinHashLSH
 
-from pipeline import cli
+from pipeline.tools import cli
 from pipeline.config import parse_config
-from pipeline.dedup import dedup_dataset
-from pipeline.dedup.minhash import shingles
-from pipeline.dedup.params import bands_rows_for, detection_probability
 from pipeline.runner import write_docs
 from pipeline.stage import StageContext
-from pipeline.stages import dedup as dedup_stage
-from pipeline.stages.dedup import DedupConfig
+from pipeline.stages.dedup import stage as dedup_stage
+from pipeline.stages.dedup.config import DedupConfig
+from pipeline.stages.dedup.core import dedup_dataset
+from pipeline.stages.dedup.minhash import shingles
+from pipeline.stages.dedup.params import bands_rows_for, detection_probability
 from tests.conftest import DATA
 
 OSE = DATA / "demo" / "onestopenglish.jsonl.zst"
@@ -143,7 +143,8 @@ def test_stage_accounting_identity_and_outputs(ray_local, tmp_path):
     docs = [(f"d{i}", a["text"]) for i, a in enumerate(adv)]
     docs += [("e0", adv[0]["text"]), ("e1", adv[0]["text"]), ("n0", near_copy(adv[1]["text"], 3, seed=0)), ("empty", "")]
     config = parse_config({"ingest": {"inputs": [{"path": str(OSE), "source": "web/x"}]}, "dedup": {"exact": True}})
-    ctx = StageContext("dedup", config, str(tmp_path), str(tmp_path / "work"), {"select": ray_local.data.from_arrow(table(docs))})
+    upstream = {"select": ray_local.data.from_arrow(table(docs))}
+    ctx = StageContext("dedup", config, str(tmp_path), str(tmp_path / "work"), upstream.__getitem__)
     result = dedup_stage.run(ctx)
     docs_out, dropped, _ = write_docs(result.docs, ctx.work_dir)
     assert len(docs) == docs_out + sum(dropped.values())

@@ -10,8 +10,8 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 
-from pipeline.dedup import dedup_dataset
-from pipeline.stages.dedup import DedupConfig
+from pipeline.stages.dedup.config import DedupConfig
+from pipeline.stages.dedup.core import dedup_dataset
 from tests.test_dedup import articles, ose_rows
 
 # Runs in its own process: the test session already holds an in-process Ray.
@@ -19,8 +19,8 @@ CLUSTER_RUN = """
 import sys
 import ray
 from ray.cluster_utils import Cluster
-from pipeline.dedup import dedup_dataset
-from pipeline.stages.dedup import DedupConfig
+from pipeline.stages.dedup.core import dedup_dataset
+from pipeline.stages.dedup.config import DedupConfig
 
 cluster = Cluster(initialize_head=True, head_node_args={"num_cpus": 1})
 cluster.add_node(num_cpus=1)

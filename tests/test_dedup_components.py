@@ -11,8 +11,9 @@ import pytest
 from scipy.sparse import coo_matrix
 from scipy.sparse.csgraph import connected_components
 
-from pipeline.dedup import components, dedup_dataset
-from pipeline.stages.dedup import DedupConfig
+from pipeline.stages.dedup import components
+from pipeline.stages.dedup.config import DedupConfig
+from pipeline.stages.dedup.core import dedup_dataset
 from tests.test_dedup import articles, jaccard, near_copy, run, table
 
 

@@ -11,8 +11,8 @@ from warcio.warcwriter import WARCWriter
 
 from classifiers.train import TrainParams, train
 from pipeline.config import load_config
-from pipeline.report import write_report
 from pipeline.runner import read_record, run_pipeline
+from pipeline.tools.report import write_report
 from tests.browser import broken_images, funnel_numbers, open_page
 from tests.conftest import DATA, ROOT
 

@@ -141,6 +141,6 @@ def test_parquet_without_text_column_is_a_user_error(tmp_path, write_config):
     pq.write_table(pa.table({"body": ["x"]}), tmp_path / "x.parquet")
     cfg = load_config(write_config({"ingest": {"inputs": [{"path": str(tmp_path / "x.parquet"), "source": "web/x"}]}}))
     with pytest.raises(UserError, match=r"x.parquet: no column 'text' \(columns: body\)"):
-        from pipeline.stages.ingest import expand_inputs
+        from pipeline.stages.ingest.stage import expand_inputs
 
         expand_inputs(cfg.ingest)

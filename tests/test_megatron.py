@@ -5,7 +5,7 @@ import struct
 import numpy as np
 import pytest
 
-from train_handoff.megatron import IndexedDataset, IndexedDatasetWriter, PackedSequences, ShardError
+from pipeline.shards import IndexedDataset, IndexedDatasetWriter, PackedSequences, ShardError
 
 DOCS = [[15043, 3186, 32000], [32000], [1, 2, 3, 4, 5, 32000], [29871, 65535, 32000]]
 

@@ -21,9 +21,9 @@ from pipeline import storage
 from pipeline.config import parse_config
 from pipeline.errors import UserError
 from pipeline.runner import read_record, run_pipeline
+from pipeline.shards import IndexedDataset
 from pipeline.tokenizer import PHI3_OFFLINE, load_tokenizer
 from tests.conftest import DATA
-from train_handoff.megatron import IndexedDataset
 
 LEVEL_SCORE = {"Adv": 0.9, "Int": 0.6, "Ele": 0.3}
 
@@ -174,7 +174,7 @@ def test_same_seed_same_bytes_other_seed_other_order(ray_local, upstream, tmp_pa
 def test_read_tasks_cover_every_row_once_largest_first(tmp_path, monkeypatch):
     """The tokenization plan: every document of every stage in exactly one task, in the task's stated place;
     small row groups merged, a large one split, the largest task first."""
-    from pipeline.stages import mix
+    from pipeline.stages.mix import stage as mix
 
     arts = _articles()[:90]
     rows = lambda n, at: [{"id": f"{at}{i:03d}", "text": r["text"]} for i, r in enumerate(arts[:n])]  # noqa: E731

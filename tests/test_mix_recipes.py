@@ -4,7 +4,7 @@ import numpy as np
 import pytest
 
 from pipeline.errors import UserError
-from pipeline.recipes import PhaseRecipe, sample_documents, source_targets
+from pipeline.stages.mix.recipes import PhaseRecipe, sample_documents, source_targets
 
 
 def test_sampling_reaches_the_target_within_one_document():

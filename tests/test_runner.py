@@ -11,10 +11,10 @@ import pytest
 
 from pipeline import runner
 from pipeline.config import load_config
-from pipeline.runner import read_record, run_pipeline
 from pipeline.errors import UserError
-from pipeline.stage import Stage
-from pipeline.status import print_status
+from pipeline.runner import read_record, run_pipeline
+from pipeline.registry import BY_NAME
+from pipeline.tools.status import print_status
 
 INPUT = {"path": "tests/data/demo/onestopenglish.jsonl.zst", "source": "web/ose"}
 
@@ -72,7 +72,8 @@ def test_failure_before_commit_leaves_nothing_complete(write_config, tmp_path, r
     assert read_record(out, "ingest") is None
     assert not (tmp_path / "out" / "ingest").exists()
     with pytest.raises(UserError, match="reads the output of 'ingest', which is not complete"):
-        runner.input_fingerprint(Stage("downstream", ("ingest",), lambda ctx: None), load_config(path), out)
+        downstream = load_config(write_config({"ingest": {"inputs": [INPUT]}, "annotate": {}}, name="down.yaml"))
+        runner.input_fingerprint(BY_NAME["annotate"].implementation(), downstream, out)
 
     monkeypatch.undo()
     [rec] = run_pipeline(load_config(path))

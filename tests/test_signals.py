@@ -9,13 +9,23 @@ import pyarrow as pa
 import pytest
 import zstandard
 from datatrove.data import Document
-from datatrove.pipeline.filters import C4QualityFilter, FineWebQualityFilter, GopherQualityFilter, GopherRepetitionFilter
+from datatrove.pipeline.filters import (
+    C4QualityFilter,
+    FineWebQualityFilter,
+    GopherQualityFilter,
+    GopherRepetitionFilter,
+)
 
-from pipeline import rules
-from pipeline.rules import C4Rules, FineWebRules, GopherQualityRules, GopherRepetitionRules
-from pipeline.signals import annotate_table
-from pipeline.signals.heuristics import HEURISTIC_COLUMNS, measure
-from pipeline.stages.select import SelectConfig
+from pipeline.stages.annotate.signals import annotate_table
+from pipeline.stages.annotate.signals.heuristics import HEURISTIC_COLUMNS, measure
+from pipeline.stages.select import rules
+from pipeline.stages.select.config import (
+    C4Rules,
+    FineWebRules,
+    GopherQualityRules,
+    GopherRepetitionRules,
+    SelectConfig,
+)
 from tests.conftest import DATA
 
 GOOD = (

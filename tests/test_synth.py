@@ -7,10 +7,11 @@ import pytest
 
 from pipeline.config import parse_config
 from pipeline.errors import UserError
+from pipeline.stages.synth.config import QCConfig
+from pipeline.stages.synth.qc import check, distinct_ngram_ratio
 from synth import cache
 from synth.backends import BackendConfig, generate, generation_key
 from synth.prompts import PromptsConfig, build_prompts
-from synth.qc import QCConfig, check, distinct_ngram_ratio
 from synth.seeds import WebSeedsConfig, passage, topic_seeds, web_seeds
 
 TOPICS = {"biology": ["photosynthesis", "cell division"], "computer science": ["recursion"]}

@@ -15,7 +15,7 @@ import pytest
 
 from pipeline.config import parse_config
 from pipeline.runner import run_stage
-from pipeline.stages import STAGES
+from pipeline.registry import BY_NAME
 from synth.backends import BackendConfig, generate, resolve_model
 
 pytestmark = pytest.mark.slow
@@ -52,7 +52,7 @@ def test_stage_through_ray_actors_then_resume_generates_nothing(ray_local, tmp_p
     os.makedirs(tmp_path / "out" / "dedup")
     pq.write_table(pa.Table.from_pylist(WEB), tmp_path / "out" / "dedup" / "part-0.parquet")
 
-    first = run_stage(STAGES["synth"], config, "fp")
+    first = run_stage(BY_NAME["synth"].implementation(), config, "fp")
     n = 3 * 2  # 3 seeds x 2 cells
     assert first["docs_in"] == n == first["docs_out"] + sum(first["dropped"].values())
     d = first["details"]
@@ -64,7 +64,7 @@ def test_stage_through_ray_actors_then_resume_generates_nothing(ray_local, tmp_p
     assert dropped.num_rows == sum(first["dropped"].values()) and all(t for t in dropped["text"].to_pylist())
 
     t0 = time.time()
-    second = run_stage(STAGES["synth"], config, "fp")
+    second = run_stage(BY_NAME["synth"].implementation(), config, "fp")
     assert second["details"]["generated_now"] == 0 and second["details"]["from_cache"] == n
     assert second["dropped"] == first["dropped"] and second["docs_out"] == first["docs_out"]
     assert time.time() - t0 < 120  # no engine was started

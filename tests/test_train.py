@@ -12,12 +12,12 @@ import torch
 import zstandard
 from safetensors.torch import load_file
 
-from pipeline.cli import main
 from pipeline.config import load_config
 from pipeline.errors import UserError
+from pipeline.shards import IndexedDatasetWriter
+from pipeline.stages.train.stage import train_command
 from pipeline.tokenizer import PHI3_OFFLINE, encode_with_eos, load_tokenizer
-from train_handoff.megatron import IndexedDatasetWriter
-from train_handoff.stage import train_command
+from pipeline.tools.cli import main
 
 ROOT = Path(__file__).resolve().parent.parent
 SEQ, MICRO = 32, 2

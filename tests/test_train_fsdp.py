@@ -12,9 +12,9 @@ from pathlib import Path
 
 import pytest
 import yaml
-
-from pipeline.cli import main
 from test_train import write_mix
+
+from pipeline.tools.cli import main
 
 ROOT = Path(__file__).resolve().parent.parent
 TRAIN = {"seq_len": 32, "micro_batch": 2, "lr": 5e-3, "warmup_steps": 2, "heldout_sequences": 2, "eval_every": 3,
@@ -35,7 +35,7 @@ def _config(tmp_path: Path, name: str, **train) -> Path:
 
 def _torchrun(config: Path, *args: str) -> None:
     env = {**os.environ, "OMP_NUM_THREADS": "1"}
-    cmd = [sys.executable, "-m", "torch.distributed.run", "--nproc-per-node", "2", "-m", "train_handoff", str(config), *args]
+    cmd = [sys.executable, "-m", "torch.distributed.run", "--nproc-per-node", "2", "-m", "pipeline", "train", str(config), *args]
     done = subprocess.run(cmd, cwd=ROOT, env=env, capture_output=True, text=True, timeout=600)
     assert done.returncode == 0, done.stderr[-3000:]
 

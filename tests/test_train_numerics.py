@@ -3,7 +3,7 @@
 import pytest
 import torch
 
-from pipeline.errors import UserError
+from train_handoff.errors import TrainError
 from pipeline.tokenizer import PHI3_OFFLINE, encode_with_eos, load_tokenizer
 from train_handoff import parallel
 from train_handoff.config import TrainConfig
@@ -86,7 +86,7 @@ def test_embedding_rows_padded_like_phi3():
 
 
 def test_vocab_that_does_not_fit_the_model_is_a_clear_error():
-    with pytest.raises(UserError, match=r"m\.json: the tokenizer has 32011 tokens but train\.vocab_size is 32000.*32064"):
+    with pytest.raises(TrainError, match=r"m\.json: the tokenizer has 32011 tokens but train\.vocab_size is 32000.*32064"):
         model_vocab(TrainConfig(vocab_size=32000), 32011, "m.json")
 
 

@@ -7,11 +7,11 @@ import io
 
 import pytest
 
-from pipeline.cli import main
 from pipeline.config import load_config
 from pipeline.errors import UserError
 from pipeline.runner import read_record, run_pipeline
-from pipeline.tune import tune
+from pipeline.tools.cli import main
+from pipeline.tools.tune import tune
 from tests.test_annotate_select import QUIET, _cfg, _read, corpus  # noqa: F401  (corpus is a fixture)
 
 # Only the Gopher word-count rules, so that a threshold on words moves the kept set of this small corpus.

@@ -4,9 +4,14 @@ from __future__ import annotations
 
 from typing import Literal
 
-from pydantic import Field, model_validator
+from pydantic import BaseModel, ConfigDict, Field, model_validator
 
-from pipeline.section import Section
+
+class _Strict(BaseModel):
+    """Unknown keys are errors and values are frozen, as in every phicurate section; defined here because
+    the trainer depends on nothing of the pipeline but its shard format."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
 
 # Model presets: the Phi-3 architecture at two sizes. Vocabulary rows come from the manifest (see model.py).
 PRESETS: dict[str, dict] = {
@@ -25,7 +30,7 @@ PRESETS: dict[str, dict] = {
 }
 
 
-class TrainConfig(Section):
+class TrainConfig(_Strict):
     """Trains Phi-3 on OUTPUT/mix/phase1 then phase2; writes OUTPUT/train/ (metrics, loss curve, final model)."""
 
     model: Literal["tiny", "phi3-mini"] = "tiny"  # architecture preset (sizes in train_handoff/config.py)
@@ -41,7 +46,7 @@ class TrainConfig(Section):
     min_lr_ratio: float = Field(0.1, ge=0, le=1)  # final learning rate as a share of the peak
     schedule: Literal["wsd", "cosine"] = "wsd"  # wsd: warmup, stable through phase 1, linear decay over the last phase
     warmup_steps: int = Field(10, ge=0)  # linear warmup from 0 to the peak
-    weight_decay: float = Field(0.1, ge=0)
+    weight_decay: float = Field(0.1, ge=0)  # AdamW decoupled weight decay
     betas: tuple[float, float] = (0.9, 0.95)  # AdamW betas
     grad_clip: float = Field(1.0, gt=0)  # max global gradient norm
     seed: int = 0  # model init and the order of sequences within each phase

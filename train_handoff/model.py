@@ -5,8 +5,8 @@ from __future__ import annotations
 import torch
 from transformers import Phi3Config, Phi3ForCausalLM
 
-from pipeline.errors import UserError
 from train_handoff.config import PRESETS, TrainConfig
+from train_handoff.errors import TrainError
 
 VOCAB_MULTIPLE = 64  # Phi-3 pads its 32,011 tokens to 32,064 rows: matmuls on multiples of 64 run faster
 
@@ -20,7 +20,7 @@ def model_vocab(cfg: TrainConfig, manifest_vocab: int, where: str) -> int:
     if cfg.vocab_size is None:
         return padded_vocab(manifest_vocab)
     if cfg.vocab_size < manifest_vocab:
-        raise UserError(
+        raise TrainError(
             f"{where}: the tokenizer has {manifest_vocab} tokens but train.vocab_size is {cfg.vocab_size}: "
             f"token ids up to {manifest_vocab - 1} would index past the embedding. Set train.vocab_size to at least "
             f"{padded_vocab(manifest_vocab)} or leave it null to size the model from the manifest"

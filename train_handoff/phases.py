@@ -1,7 +1,7 @@
 """The phases the trainer reads: each phase's manifest, its packed sequences in a seeded order, its held-out set.
 
 A phase is trained for its token budget (the manifest's `tokens`, or `train.max_phase_tokens` if smaller), packed into
-sequences of seq_len + 1 tokens (train_handoff/megatron.py); the order of the training sequences is a
+sequences of seq_len + 1 tokens (pipeline/shards.py); the order of the training sequences is a
 permutation fixed by the seed and the phase name, so it is the same on every run and every machine.
 
 Held-out loss per source: the mix writes `documents.parquet` beside each manifest (which document of which
@@ -22,13 +22,9 @@ from typing import Callable
 import numpy as np
 import pyarrow.parquet as pq
 
-from pipeline import storage
-from pipeline.errors import UserError
+from pipeline.shards import DOCUMENTS, PackedSequences, ShardError, manifest_path, read_manifest
 from train_handoff.config import TrainConfig
-from train_handoff.megatron import PackedSequences, ShardError
-
-MANIFEST_KEYS = ("phase", "tokenizer", "vocab_size", "tokens", "sources", "shards")
-DOCUMENTS = "documents.parquet"  # beside the manifest: shard, index, source of each document (written by mix)
+from train_handoff.errors import TrainError
 
 
 @dataclass
@@ -45,26 +41,6 @@ class Phase:
         return len(self.order) // global_batch
 
 
-def manifest_path(mix_dir: str, phase: str) -> str:
-    return storage.join(mix_dir, phase, "manifest.json")
-
-
-def read_manifest(mix_dir: str, phase: str) -> dict:
-    path = manifest_path(mix_dir, phase)
-    manifest = storage.read_json(path)
-    if manifest is None:
-        raise UserError(
-            f"{path}: no manifest; the mix stage writes it: run it first (phicurate run CONFIG --stages mix, "
-            f"with a `mix:` section in the config) or point train.mix_dir at a finished mix"
-        )
-    missing = [k for k in MANIFEST_KEYS if k not in manifest]
-    if missing:
-        raise UserError(f"{path}: manifest lacks {missing}; expected the keys {list(MANIFEST_KEYS)}")
-    if not isinstance(manifest["vocab_size"], int) or manifest["vocab_size"] < 1:
-        raise UserError(f"{path}: vocab_size must be a positive integer, got {manifest['vocab_size']!r}")
-    return manifest
-
-
 def fingerprint(manifest: dict) -> str:
     return hashlib.sha256(json.dumps(manifest, sort_keys=True).encode()).hexdigest()[:16]
 
@@ -78,7 +54,7 @@ def _pack(manifest_file: str, shards: list[str], seq_len: int) -> PackedSequence
     try:
         return PackedSequences([_shard_path(manifest_file, s) for s in shards], seq_len)
     except ShardError as e:
-        raise UserError(f"{manifest_file}: {e}") from None
+        raise TrainError(f"{manifest_file}: {e}") from None
 
 
 def heldout_by_source(stream: PackedSequences, documents: str, n_seq: int) -> tuple[dict[str, np.ndarray], np.ndarray]:
@@ -115,7 +91,7 @@ def load_phase(cfg: TrainConfig, mix_dir: str, name: str) -> tuple[Phase, dict]:
     """One phase: its manifest checked, its shards opened and packed, its order and held-out set fixed."""
     path = manifest_path(mix_dir, name)
     if "://" in path:
-        raise UserError(
+        raise TrainError(
             f"{path}: the trainer memory-maps shards from a local or shared filesystem, not an object store; "
             f"copy the mix there and point train.mix_dir at it"
         )
@@ -154,7 +130,7 @@ def load_phases(cfg: TrainConfig, mix_dir: str) -> tuple[list[Phase], dict]:
         if first is None:
             first = manifest
         elif (manifest["tokenizer"], manifest["vocab_size"]) != (first["tokenizer"], first["vocab_size"]):
-            raise UserError(
+            raise TrainError(
                 f"{manifest_path(mix_dir, name)}: tokenizer {manifest['tokenizer']!r} ({manifest['vocab_size']} tokens) "
                 f"differs from {cfg.phases[0]}'s {first['tokenizer']!r} ({first['vocab_size']} tokens); "
                 f"one model needs one vocabulary: rerun the mix with one tokenizer"

@@ -29,9 +29,9 @@ from torch.distributed.checkpoint.state_dict import (
     set_state_dict,
 )
 
-from pipeline.errors import UserError
 from train_handoff import parallel
 from train_handoff.config import TrainConfig
+from train_handoff.errors import TrainError
 from train_handoff.model import build_model
 from train_handoff.phases import Phase
 
@@ -113,7 +113,7 @@ def check_ids(batch: torch.Tensor, vocab_size: int, where: Callable[[int], str])
     top = batch.max(dim=1).values
     if int(top.max()) >= vocab_size:
         row = int(top.argmax())
-        raise UserError(
+        raise TrainError(
             f"{where(row)} holds token id {int(top[row])}, beyond the model's {vocab_size} embedding rows; "
             f"the shards do not match the manifest's vocab_size"
         )
@@ -215,7 +215,7 @@ def train(
     phase_steps = [p.steps(global_batch) for p in phases]
     total = sum(phase_steps)
     if total == 0:
-        raise UserError(
+        raise TrainError(
             f"train: the phases hold {[len(p.order) for p in phases]} training sequences of {cfg.context + 1} tokens, "
             f"fewer than one optimizer step of {global_batch} sequences (micro_batch x grad_accum x ranks); "
             f"lower train.micro_batch or train.seq_len, or raise the mix budgets"
@@ -232,10 +232,10 @@ def train(
     if resume:
         found = _checkpoint_dirs(state_dir)
         if not found:
-            raise UserError(f"--resume: no complete checkpoint under {os.path.join(state_dir, CHECKPOINTS)}")
+            raise TrainError(f"--resume: no complete checkpoint under {os.path.join(state_dir, CHECKPOINTS)}")
         position = load_checkpoint(found[-1][1], model, optimizer)
         if position["data"] != data_key:
-            raise UserError(
+            raise TrainError(
                 f"--resume: {found[-1][1]} was written for other data or batch settings "
                 f"({position['data']}) than this config gives ({data_key}); resume with the same mix and train "
                 f"settings, or start over without --resume"

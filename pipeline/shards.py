@@ -1,0 +1,213 @@
+"""The shard format: what `mix` writes and a trainer reads. Megatron-LM indexed datasets (`.bin` tokens +
+`.idx` index, "MMIDIDX" version 1) to write, read and pack, and each phase's `manifest.json` and
+`documents.parquet` beside them. This module imports nothing else of phicurate, so a trainer (ours in
+train_handoff/, or any other) can read a mix with it alone.
+
+Layout of the `.idx` file (megatron/core/datasets/indexed_dataset.py, `_IndexWriter`):
+    b"MMIDIDX\\x00\\x00" | <Q version = 1 | <B dtype code | <Q sequence count n | <Q document count n + 1
+    | int32 sizes[n] | int64 byte pointers[n] | int64 document indices[n + 1] (0, 1, ..., n: one sequence per document)
+The `.bin` file is the documents' token ids back to back in that dtype.
+
+Writing uses datatrove's `MegatronTokenizedFile` (local or object-store paths through fsspec). Reading is
+written here: Megatron's own reader needs torch and megatron-core, which a data job or a non-Megatron trainer
+should not need; ours memory-maps both files, checks the header and that the index and the data agree, and
+adds the fixed-length training sequences (packing) the trainer consumes. Megatron's reader is the test oracle.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import posixpath
+import struct
+
+import numpy as np
+import pyarrow as pa
+import pyarrow.fs as pafs
+
+HEADER = b"MMIDIDX\x00\x00"
+VERSION = 1
+DTYPE_CODES = {1: np.uint8, 2: np.int8, 3: np.int16, 4: np.int32, 5: np.int64, 6: np.float64, 7: np.float32, 8: np.uint16}
+_PREAMBLE = struct.Struct("<9sQBQQ")  # header, version, dtype code, sequence count, document count: 34 bytes
+
+
+class ShardError(ValueError):
+    """A `.bin`/`.idx` pair that is not a readable Megatron indexed dataset; the message names the file."""
+
+
+class IndexedDatasetWriter:
+    """Append documents (token id lists) to `<prefix>.bin`; `close()` writes `<prefix>.idx`."""
+
+    def __init__(self, prefix: str, dtype: type = np.uint16):
+        from datatrove.pipeline.tokens.megatron_tokenizer import MegatronTokenizedFile
+
+        if dtype not in (np.uint16, np.int32):
+            raise ValueError(f"token dtype must be uint16 or int32 (Megatron's choices), got {dtype}")
+        folder, name = os.path.split(prefix) if "://" not in prefix else prefix.rsplit("/", 1)
+        self.prefix = prefix
+        self.dtype = dtype
+        self._file = MegatronTokenizedFile(folder or ".", name, token_size=np.dtype(dtype).itemsize)
+        self.tokens = 0
+        self.docs = 0
+
+    def add_document(self, tokens) -> None:
+        tokens = np.asarray(tokens)
+        if tokens.size and (tokens.min() < 0 or tokens.max() > np.iinfo(self.dtype).max):
+            raise ValueError(f"{self.prefix}: token id out of range for {np.dtype(self.dtype).name}")
+        self._file.write(tokens)
+        self.tokens += int(tokens.size)
+        self.docs += 1
+
+    def close(self) -> None:
+        self._file.close()
+
+    def __enter__(self) -> "IndexedDatasetWriter":
+        return self
+
+    def __exit__(self, exc_type, *_) -> None:
+        if exc_type is None:
+            self.close()
+        else:
+            self._file.bin_file.close()
+
+
+class IndexedDataset:
+    """One shard, memory-mapped. `len(ds)` documents; `ds.doc(i)` is a view of document i's tokens."""
+
+    def __init__(self, prefix: str):
+        self.prefix = prefix.removesuffix(".bin").removesuffix(".idx")
+        idx_path, bin_path = self.prefix + ".idx", self.prefix + ".bin"
+        for p in (idx_path, bin_path):
+            if not os.path.isfile(p):
+                raise ShardError(f"{p}: missing (a Megatron shard is a .bin and an .idx with the same prefix)")
+        with open(idx_path, "rb") as f:
+            raw = f.read(_PREAMBLE.size)
+        if len(raw) < _PREAMBLE.size:
+            raise ShardError(f"{idx_path}: {len(raw)} bytes, shorter than the {_PREAMBLE.size}-byte Megatron index header")
+        header, version, code, n, n_docs = _PREAMBLE.unpack(raw)
+        if header != HEADER:
+            raise ShardError(f"{idx_path}: header {header!r} is not Megatron's {HEADER!r}")
+        if version != VERSION:
+            raise ShardError(f"{idx_path}: index version {version}, expected {VERSION}")
+        if code not in DTYPE_CODES:
+            raise ShardError(f"{idx_path}: unknown dtype code {code} (Megatron's codes are 1-8)")
+        self.dtype = np.dtype(DTYPE_CODES[code])
+        expected = _PREAMBLE.size + n * (4 + 8) + n_docs * 8
+        size = os.path.getsize(idx_path)
+        if size < expected:
+            raise ShardError(f"{idx_path}: {size} bytes, but {n} sequences and {n_docs} document indices need {expected}")
+        idx = np.memmap(idx_path, mode="r", dtype=np.uint8)
+        self.sizes = np.frombuffer(idx, np.int32, n, _PREAMBLE.size)
+        self.pointers = np.frombuffer(idx, np.int64, n, _PREAMBLE.size + 4 * n)
+        self.document_indices = np.frombuffer(idx, np.int64, n_docs, _PREAMBLE.size + 12 * n)
+        n_tokens = int(self.sizes.sum(dtype=np.int64))
+        bin_size = os.path.getsize(bin_path)
+        if bin_size != n_tokens * self.dtype.itemsize:
+            raise ShardError(
+                f"{bin_path}: {bin_size} bytes, but the index lists {n_tokens} tokens of {self.dtype.itemsize} bytes"
+            )
+        self.tokens = np.memmap(bin_path, mode="r", dtype=self.dtype) if n_tokens else np.zeros(0, self.dtype)
+        self.starts = np.concatenate([[0], np.cumsum(self.sizes, dtype=np.int64)[:-1]]) if n else np.zeros(0, np.int64)
+        if n and not np.array_equal(self.pointers, self.starts * self.dtype.itemsize):
+            raise ShardError(f"{idx_path}: sequence pointers do not follow the sizes (not a contiguous .bin)")
+
+    def __len__(self) -> int:
+        return len(self.sizes)
+
+    def doc(self, i: int) -> np.ndarray:
+        start = self.starts[i]
+        return self.tokens[start : start + self.sizes[i]]
+
+    @property
+    def num_tokens(self) -> int:
+        return int(self.tokens.size)
+
+
+class PackedSequences:
+    """Fixed-length training sequences over the token stream of several shards, in the order given.
+
+    Sequence i is tokens [i * seq_len, i * seq_len + seq_len + 1) of the concatenated stream: inputs and
+    next-token targets in one window, each window sharing its last token with the next (as Megatron's GPT
+    dataset does). Documents cross window boundaries; their EOS tokens mark where one ends.
+    """
+
+    def __init__(self, shards: list[str] | list[IndexedDataset], seq_len: int):
+        if seq_len < 1:
+            raise ValueError(f"seq_len must be at least 1, got {seq_len}")
+        self.shards = [s if isinstance(s, IndexedDataset) else IndexedDataset(s) for s in shards]
+        self.seq_len = seq_len
+        self.offsets = np.cumsum([0] + [s.num_tokens for s in self.shards], dtype=np.int64)  # stream start of each shard
+        total = int(self.offsets[-1])
+        self.n = max(0, (total - 1) // seq_len)
+
+    def __len__(self) -> int:
+        return self.n
+
+    def __getitem__(self, i: int) -> np.ndarray:
+        if not 0 <= i < self.n:
+            raise IndexError(f"sequence {i} out of range (0..{self.n - 1})")
+        start, stop = i * self.seq_len, i * self.seq_len + self.seq_len + 1
+        out = np.empty(stop - start, dtype=np.int64)
+        k = int(np.searchsorted(self.offsets, start, side="right")) - 1
+        filled = 0
+        while filled < len(out):  # a window may span the end of one shard and the start of the next
+            shard, base = self.shards[k], int(self.offsets[k])
+            piece = shard.tokens[start + filled - base : min(stop - base, shard.num_tokens)]
+            out[filled : filled + len(piece)] = piece
+            filled += len(piece)
+            k += 1
+        return out
+
+    def order(self, seed: int) -> np.ndarray:
+        """A permutation of the sequence indices fixed by the seed: the same on every machine."""
+        return np.random.default_rng(seed).permutation(self.n)
+
+    def batch(self, indices) -> np.ndarray:
+        """[len(indices), seq_len + 1] token ids."""
+        return np.stack([self[int(i)] for i in indices]) if len(indices) else np.zeros((0, self.seq_len + 1), np.int64)
+
+
+MANIFEST = "manifest.json"  # per phase: what the shards hold (DESIGN.md "Contracts")
+MANIFEST_KEYS = ("phase", "tokenizer", "vocab_size", "tokens", "sources", "shards")
+DOCUMENTS = "documents.parquet"  # per phase: which document of which source sits where in the shards
+DOCUMENTS_SCHEMA = pa.schema([
+    ("shard", pa.int32()),  # index into the manifest's `shards`
+    ("index", pa.int64()),  # the document's position in that shard
+    ("source", pa.string()),  # the recipe source it was drawn for
+    ("id", pa.string()),  # the document's id in the pipeline
+    ("doc_source", pa.string()),  # the document's own `source` (e.g. web/python-docs)
+    ("tokens", pa.int64()),
+])
+
+
+def manifest_path(mix_dir: str, phase: str) -> str:
+    join = posixpath.join if "://" in mix_dir else os.path.join
+    return join(mix_dir, phase, MANIFEST)
+
+
+def write_manifest(out_dir: str, manifest: dict) -> None:
+    """The manifest of a phase written into a local phase directory."""
+    with open(os.path.join(out_dir, MANIFEST), "w", encoding="utf-8") as f:
+        json.dump(manifest, f, indent=2)
+
+
+def read_manifest(mix_dir: str, phase: str) -> dict:
+    """A phase's manifest (local path or object-store URI), checked for the keys a trainer needs."""
+    path = manifest_path(mix_dir, phase)
+    fs, p = (pafs.FileSystem.from_uri(path) if "://" in path else (pafs.LocalFileSystem(), os.path.abspath(path)))
+    if fs.get_file_info(p).type != pafs.FileType.File:
+        raise ShardError(
+            f"{path}: no manifest; the mix stage writes it: run it first (phicurate run CONFIG --stages mix, "
+            f"with a `mix:` section in the config) or point train.mix_dir at a finished mix"
+        )
+    with fs.open_input_stream(p) as f:
+        try:
+            manifest = json.loads(f.read().decode("utf-8"))
+        except ValueError as e:
+            raise ShardError(f"{path}: not valid JSON: {e}") from None
+    missing = [k for k in MANIFEST_KEYS if k not in manifest]
+    if missing:
+        raise ShardError(f"{path}: manifest lacks {missing}; expected the keys {list(MANIFEST_KEYS)}")
+    if not isinstance(manifest["vocab_size"], int) or manifest["vocab_size"] < 1:
+        raise ShardError(f"{path}: vocab_size must be a positive integer, got {manifest['vocab_size']!r}")
+    return manifest

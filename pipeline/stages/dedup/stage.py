@@ -1,0 +1,15 @@
+"""Stage `dedup`: exact duplicates, then MinHash-LSH near duplicates; one document kept per cluster."""
+
+from __future__ import annotations
+
+from pipeline.stage import Stage, StageContext, StageOutput
+
+
+def run(ctx: StageContext) -> StageOutput:
+    from pipeline.stages.dedup.core import dedup_dataset  # Ray and scipy: not needed to load a config
+
+    docs, details = dedup_dataset(ctx.read("select"), ctx.section)
+    return StageOutput(docs=docs, details=details)
+
+
+STAGE = Stage("dedup", run)

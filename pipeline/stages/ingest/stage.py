@@ -1,0 +1,158 @@
+"""Stage `ingest`: raw files to documents with stable ids; bad records counted and kept aside."""
+
+from __future__ import annotations
+
+import glob
+import json
+import os
+
+import pyarrow as pa
+import pyarrow.compute as pc
+import pyarrow.parquet as pq
+
+from pipeline.errors import UserError
+from pipeline.schema import DOC_WITH_DROP_SCHEMA
+from pipeline.stage import Stage, StageContext, StageOutput
+from pipeline.stages.ingest.config import IngestConfig
+from pipeline.stages.ingest.extract import extract_html
+from pipeline.stages.ingest.readers import InputFile, read_jsonl, read_parquet, read_warc
+
+WARC_SUFFIXES = (".warc", ".warc.gz", ".wet", ".wet.gz", ".arc", ".arc.gz")
+JSONL_SUFFIXES = tuple(s + c for s in (".jsonl", ".json", ".ndjson") for c in ("", ".gz", ".zst", ".bz2"))
+RAW_SCHEMA = DOC_WITH_DROP_SCHEMA.insert(2, pa.field("html", pa.large_string()))
+STATS = "__file_stats__"  # one row per file carrying counts of non-document WARC records
+
+
+def _format_of(path: str, declared: str) -> str | None:
+    if declared != "auto":
+        return declared
+    low = path.lower()
+    if low.endswith(WARC_SUFFIXES):
+        return "warc"
+    if low.endswith(JSONL_SUFFIXES):
+        return "jsonl"
+    if low.endswith(".parquet"):
+        return "parquet"
+    return None
+
+
+def expand_inputs(cfg: IngestConfig, unknown: list[str] | None = None) -> list[InputFile]:
+    """Every input file, sorted, with its format. In a directory, files of unknown format are listed in
+    `unknown` and skipped; a named file of unknown format or a Parquet file without the text column is a user error."""
+    files = []
+    for inp in cfg.inputs:
+        if "://" in inp.path:
+            import fsspec
+
+            fs, root = fsspec.core.url_to_fs(inp.path)
+            proto = inp.path.split("://", 1)[0]
+            found = [f"{proto}://{p}" for p in (fs.find(root) if fs.isdir(root) else fs.glob(root))]
+            base = inp.path if fs.isdir(root) else os.path.dirname(inp.path)
+        else:
+            if os.path.isdir(inp.path):
+                base, pattern = inp.path, os.path.join(inp.path, "**")
+            else:  # a file or a glob
+                base, pattern = os.path.dirname(inp.path), inp.path
+            matches = [inp.path] if os.path.isfile(inp.path) else glob.glob(pattern, recursive=True)
+            found = [p for p in matches if os.path.isfile(p)]
+        for path in sorted(found):
+            fmt = _format_of(path, inp.format)
+            if fmt is None:
+                if path == inp.path:
+                    raise UserError(f"ingest.inputs: cannot tell the format of '{path}'; set 'format' for this input")
+                if unknown is not None:
+                    unknown.append(path)  # licences and READMEs live beside the data
+                continue
+            rel = os.path.relpath(path, base) if "://" not in path else path[len(base):].lstrip("/")
+            f = InputFile(path, rel or os.path.basename(path), inp.source, fmt, inp.text_field, inp.id_field, inp.url_field)
+            if fmt == "parquet":
+                _check_parquet_schema(f)
+            files.append(f)
+    if not files:
+        raise UserError("ingest.inputs: the configured paths contain no input files")
+    return files
+
+
+def _check_parquet_schema(f: InputFile) -> None:
+    import fsspec
+
+    with fsspec.open(f.path, "rb") as fh:
+        names = pq.read_schema(fh).names
+    if f.text_field not in names:
+        raise UserError(f"{f.path}: no column '{f.text_field}' (columns: {', '.join(names)}); set text_field for this input")
+
+
+def _read_files(batch: dict, max_doc_bytes: int, max_html_bytes: int, chunk: int = 256):
+    """Ray task: read the files of this batch, yielding Arrow tables of `chunk` rows to bound memory."""
+    for spec in batch["spec"]:
+        f = InputFile(**json.loads(spec))
+        skipped: dict[str, int] = {}
+        if f.format == "warc":
+            rows = read_warc(f, max_html_bytes, skipped)
+        elif f.format == "jsonl":
+            rows = read_jsonl(f, max_doc_bytes)
+        else:
+            rows = read_parquet(f, max_doc_bytes)
+        buf = []
+        for r in rows:
+            buf.append(r)
+            if len(buf) >= chunk:
+                yield pa.Table.from_pylist(buf, schema=RAW_SCHEMA)
+                buf = []
+        buf.append({"id": f"{STATS}/{f.rel}", "source": f.source, "drop_reason": STATS, "meta": json.dumps(skipped)})
+        yield pa.Table.from_pylist(buf, schema=RAW_SCHEMA)
+
+
+def _check_text(batch: pa.Table, max_doc_bytes: int, min_chars: int) -> pa.Table:
+    rows = batch.to_pylist()
+    for r in rows:
+        if r["drop_reason"] is not None:
+            continue
+        text = (r["text"] or "").strip()
+        if len(text) < min_chars:
+            r["drop_reason"], r["drop_detail"] = "empty_text", f"{r['meta']}: {len(text)} chars after extraction"
+        elif len(text) * 4 > max_doc_bytes and (size := len(text.encode())) > max_doc_bytes:
+            r["drop_reason"] = "too_large"
+            r["drop_detail"] = f"{r['meta']}: {size} bytes > limit {max_doc_bytes}; kept aside truncated"
+            r["text"] = text[:65_536]
+    return pa.Table.from_pylist(rows, schema=batch.schema)
+
+
+def _stats_rows(batch: pa.Table, keep: bool) -> pa.Table:
+    is_stats = pc.fill_null(pc.equal(batch["drop_reason"], STATS), False)
+    return batch.filter(is_stats if keep else pc.invert(is_stats))
+
+
+def run(ctx: StageContext) -> StageOutput:
+    import ray
+
+    cfg: IngestConfig = ctx.section
+    unknown: list[str] = []
+    files = expand_inputs(cfg, unknown)
+    specs = [{"spec": json.dumps(f.__dict__)} for f in files]
+    ds = (
+        ray.data.from_items(specs, override_num_blocks=len(specs))
+        # Reading is light (decompression, parsing); a different CPU share keeps Ray from fusing it with the
+        # extraction below, so extraction, the slow part, spreads over all workers even when one file dominates.
+        .map_batches(_read_files, batch_size=1, num_cpus=0.5,
+                     fn_kwargs=dict(max_doc_bytes=cfg.max_doc_bytes, max_html_bytes=cfg.max_html_bytes))
+        .repartition(target_num_rows_per_block=16)
+        .map_batches(extract_html, fn_kwargs=dict(favour_precision=cfg.favour_precision), batch_format="pyarrow")
+        .map_batches(_check_text, batch_format="pyarrow", fn_kwargs=dict(max_doc_bytes=cfg.max_doc_bytes, min_chars=cfg.min_text_chars))
+        .materialize()
+    )
+    skipped: dict[str, int] = {}
+    for row in ds.map_batches(_stats_rows, fn_kwargs=dict(keep=True), batch_format="pyarrow").take_all():
+        for k, v in json.loads(row["meta"]).items():
+            skipped[k] = skipped.get(k, 0) + v
+    docs = ds.map_batches(_stats_rows, fn_kwargs=dict(keep=False), batch_format="pyarrow")
+    return StageOutput(docs, details={"files": len(files), "files_skipped_unknown_format": unknown,
+                                         "non_document_warc_records": skipped})
+
+
+def input_files(config) -> list[str]:
+    """Input files by name, size and modification time: a changed or added file reruns ingest."""
+    return [f.path for f in expand_inputs(config.ingest)]
+
+
+STAGE = Stage("ingest", run, outside_files=input_files)

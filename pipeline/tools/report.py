@@ -1,0 +1,229 @@
+"""`phicurate report OUTPUT`: one self-contained HTML page with its pictures beside it (OUTPUT/report/).
+
+Everything on the page is read from what the stages wrote: `_stage.json` records, the annotate, dedup and
+synth Parquet columns, the mix manifests and the trainer's metrics. Nothing is recomputed.
+"""
+
+from __future__ import annotations
+
+import html
+import os
+
+import matplotlib
+
+matplotlib.use("Agg")  # files only, no display
+import matplotlib.pyplot as plt  # noqa: E402
+import numpy as np  # noqa: E402
+import pyarrow as pa  # noqa: E402
+import pyarrow.compute as pc  # noqa: E402
+import pyarrow.parquet as pq  # noqa: E402
+
+from pipeline import storage  # noqa: E402
+from pipeline.errors import UserError  # noqa: E402
+from pipeline.tools.status import stage_records  # noqa: E402
+
+BASE_COLUMNS = {"id", "text", "source", "url", "meta"}
+
+
+def _png(fig, out_dir: str, name: str) -> str:
+    fig.tight_layout()
+    fig.savefig(os.path.join(out_dir, name))
+    plt.close(fig)
+    return f"report/{name}"
+
+
+def _parts(output: str, stage: str, columns: list[str] | None = None):
+    files = storage.list_files(storage.join(output, stage), suffix=".parquet")
+    if not files:
+        return None
+    names = pq.read_schema(files[0]).names
+    cols = [c for c in (columns or names) if c in names]
+    return pq.read_table(files, columns=cols)
+
+
+def funnel(records: dict, out_dir: str) -> tuple[str, str]:
+    """Documents and tokens through every stage, drop reasons stacked."""
+    stages = [s for s, r in records.items() if r.get("status") == "complete" and s != "train"]
+    fig, (ax, ax2) = plt.subplots(1, 2, figsize=(13, 4.5), dpi=100, gridspec_kw={"width_ratios": [3, 2]})
+    kept = [records[s]["docs_out"] for s in stages]
+    ax.bar(stages, kept, color="#3b7dd8", label="kept")
+    bottom = np.array(kept, dtype=float)
+    reasons = sorted({k for s in stages for k in records[s]["dropped"]},
+                     key=lambda k: -sum(records[s]["dropped"].get(k, 0) for s in stages))
+    cmap = plt.get_cmap("tab20")
+    for i, reason in enumerate(reasons[:19]):
+        vals = np.array([records[s]["dropped"].get(reason, 0) for s in stages], dtype=float)
+        ax.bar(stages, vals, bottom=bottom, color=cmap(i % 20), label=reason)
+        bottom += vals
+    ax.set_title("documents in, by outcome")
+    ax.legend(fontsize=6, bbox_to_anchor=(1.01, 1), loc="upper left")
+    ax2.bar(stages, [records[s]["tokens_out"] for s in stages], color="#2a9d5c")
+    ax2.set_title("tokens out (words; tokenizer tokens for mix)")
+    for a in (ax, ax2):
+        a.tick_params(axis="x", rotation=30)
+    png = _png(fig, out_dir, "funnel.png")
+    rows = []
+    for s, r in records.items():
+        if r.get("status") != "complete":
+            rows.append(f"<tr><td>{s}</td><td colspan=6>incomplete</td></tr>")
+            continue
+        reasons_txt = ", ".join(f"{html.escape(k)} {v}" for k, v in sorted(r["dropped"].items(), key=lambda kv: -kv[1]))
+        rows.append(
+            f"<tr data-stage='{s}'><td>{s}</td><td class=n data-key=docs_in>{r['docs_in']}</td>"
+            f"<td class=n data-key=docs_out>{r['docs_out']}</td><td class=n data-key=dropped>{sum(r['dropped'].values())}</td>"
+            f"<td class=n data-key=tokens_out>{r['tokens_out']}</td><td class=n>{r['wall_s']}</td><td>{reasons_txt}</td></tr>"
+        )
+    table = ("<table id=funnel><tr><th>stage</th><th>docs in</th><th>kept</th><th>dropped</th><th>tokens out</th>"
+             "<th>wall s</th><th>drop reasons</th></tr>" + "".join(rows) + "</table>")
+    return png, table
+
+
+def signals(output: str, records: dict, out_dir: str) -> list[tuple[str, str]]:
+    """A histogram per numeric signal of annotate's output, with select's threshold marked where a rule uses it."""
+    t = _parts(output, "annotate")
+    if t is None:
+        return []
+    thresholds: dict[str, list[float]] = {}
+    sel = records.get("select", {}).get("details", {}).get("select")
+    if sel:
+        from pipeline.stages.select import rules
+        from pipeline.stages.select.config import SelectConfig
+
+        for r in rules.rules(SelectConfig.model_validate(sel)):
+            if r.op in ("<", ">") and isinstance(r.threshold, (int, float)):
+                thresholds.setdefault(r.column, []).append(float(r.threshold))
+    out = []
+    cols = [f.name for f in t.schema if f.name not in BASE_COLUMNS
+            and (pa.types.is_integer(f.type) or pa.types.is_floating(f.type))]
+    for col in cols:
+        v = t[col].drop_null().to_numpy(zero_copy_only=False).astype(float)
+        if not len(v):
+            continue
+        fig, ax = plt.subplots(figsize=(4.2, 2.8), dpi=90)
+        ax.hist(v, bins=40, color="#6c8ebf")
+        for th in thresholds.get(col, []):
+            ax.axvline(th, color="#d62728", lw=1.5)
+        ax.set_title(col + (" (red: threshold)" if col in thresholds else ""), fontsize=9)
+        out.append((col, _png(fig, out_dir, f"signal-{col}.png")))
+    return out
+
+
+def languages(output: str, out_dir: str) -> str | None:
+    t = _parts(output, "annotate", ["lang"])
+    if t is None or "lang" not in t.column_names:
+        return None
+    counts = sorted(((r["values"], r["counts"]) for r in pc.value_counts(t["lang"]).to_pylist()), key=lambda x: -x[1])[:20]
+    fig, ax = plt.subplots(figsize=(7, 3), dpi=100)
+    ax.bar([str(k) for k, _ in counts], [v for _, v in counts], color="#8c6bb1")
+    ax.set_title("language mix of ingested documents (top 20)")
+    return _png(fig, out_dir, "languages.png")
+
+
+def dedup_clusters(output: str, out_dir: str) -> str | None:
+    t = _parts(output, "dedup", ["dup_cluster_size"])
+    if t is None or "dup_cluster_size" not in t.column_names:
+        return None
+    sizes = t["dup_cluster_size"].to_numpy(zero_copy_only=False)
+    fig, ax = plt.subplots(figsize=(6, 3), dpi=100)
+    vals, counts = np.unique(sizes, return_counts=True)
+    ax.bar([str(v) for v in vals], counts, color="#e07b39")
+    ax.set_yscale("log")
+    ax.set_xlabel("cluster size (1 = no duplicate)")
+    ax.set_title("kept documents by duplicate-cluster size")
+    return _png(fig, out_dir, "dedup-clusters.png")
+
+
+def synth_section(records: dict, out_dir: str) -> tuple[str | None, str]:
+    rec = records.get("synth")
+    if not rec or rec.get("status") != "complete":
+        return None, ""
+    div = rec.get("details", {}).get("diversity", {})
+    by_style, by_aud = div.get("kept_by_style", {}), div.get("kept_by_audience", {})
+    png = None
+    if by_style or by_aud:
+        fig, (a1, a2) = plt.subplots(1, 2, figsize=(10, 3), dpi=100)
+        a1.bar(list(by_style), list(by_style.values()), color="#2a9d8f")
+        a1.set_title("kept outputs by style")
+        a2.bar(list(by_aud), list(by_aud.values()), color="#e9c46a")
+        a2.set_title("kept outputs by audience")
+        for a in (a1, a2):
+            a.tick_params(axis="x", rotation=20, labelsize=7)
+        png = _png(fig, out_dir, "synth.png")
+    scalars = {k: v for k, v in div.items() if not isinstance(v, dict)}
+    rows = "".join(f"<tr><td>{html.escape(k)}</td><td class=n>{v}</td></tr>" for k, v in scalars.items())
+    qc = "".join(f"<tr><td>dropped: {html.escape(k)}</td><td class=n>{v}</td></tr>" for k, v in rec["dropped"].items())
+    return png, f"<table id=synth><tr><th>diversity and quality control</th><th></th></tr>{rows}{qc}</table>"
+
+
+def mix_section(output: str, out_dir: str) -> tuple[str | None, str]:
+    phases = {}
+    for phase in ("phase1", "phase2"):
+        m = storage.read_json(storage.join(output, "mix", phase, "manifest.json"))
+        if m:
+            phases[phase] = m
+    if not phases:
+        return None, ""
+    sources = sorted({s for m in phases.values() for s in m["sources"]})
+    fig, ax = plt.subplots(figsize=(6, 3.2), dpi=100)
+    bottom = np.zeros(len(phases))
+    for i, s in enumerate(sources):
+        vals = np.array([m["sources"].get(s, {}).get("tokens", 0) for m in phases.values()], dtype=float)
+        ax.bar(list(phases), vals, bottom=bottom, label=s, color=plt.get_cmap("tab10")(i % 10))
+        bottom += vals
+    ax.set_title("tokens per phase by source")
+    ax.legend(fontsize=7)
+    png = _png(fig, out_dir, "mix.png")
+    rows = "".join(
+        f"<tr data-phase='{p}' data-source='{html.escape(s)}'><td>{p}</td><td>{html.escape(s)}</td>"
+        f"<td class=n>{v['tokens']}</td><td class=n>{v['docs']}</td><td class=n>{v['weight']:.3f}</td>"
+        f"<td class=n>{v['epochs']}</td></tr>"
+        for p, m in phases.items() for s, v in m["sources"].items()
+    )
+    return png, ("<table id=mix><tr><th>phase</th><th>source</th><th>tokens</th><th>docs</th><th>weight</th>"
+                 f"<th>epochs</th></tr>{rows}</table>")
+
+
+def loss_curve(output: str, out_dir: str) -> str | None:
+    metrics = storage.join(output, "train", "metrics.jsonl")
+    if not storage.exists(metrics):
+        return None
+    from train_handoff.curve import plot_loss
+
+    plot_loss(metrics, os.path.join(out_dir, "loss.png"))
+    return "report/loss.png"
+
+
+def _img(src: str | None, alt: str) -> str:
+    return f"<img src='{src}' alt='{html.escape(alt)}'>" if src else ""
+
+
+def write_report(output: str) -> str:
+    """Write OUTPUT/report.html and OUTPUT/report/*.png; return the page's path."""
+    if "://" in output:
+        raise UserError(f"{output}: report writes next to a local output directory; copy the run's output locally first")
+    records = stage_records(output)
+    out_dir = os.path.join(output, "report")
+    os.makedirs(out_dir, exist_ok=True)
+    funnel_png, funnel_table = funnel(records, out_dir)
+    sig = signals(output, records, out_dir)
+    synth_png, synth_table = synth_section(records, out_dir)
+    mix_png, mix_table = mix_section(output, out_dir)
+    sections = [
+        ("Funnel: documents and tokens through the stages", _img(funnel_png, "funnel") + funnel_table),
+        ("Signals (annotate), select thresholds in red", "".join(_img(p, c) for c, p in sig) or "<p>annotate has not run</p>"),
+        ("Language mix", _img(languages(output, out_dir), "languages") or "<p>no language column</p>"),
+        ("Deduplication", _img(dedup_clusters(output, out_dir), "dedup clusters") or "<p>dedup has not run</p>"),
+        ("Synthetic textbooks", (_img(synth_png, "synth") + synth_table) or "<p>synth has not run</p>"),
+        ("Phase mixes", (_img(mix_png, "mix") + mix_table) or "<p>mix has not run</p>"),
+        ("Training", _img(loss_curve(output, out_dir), "loss curve") or "<p>train has not run</p>"),
+    ]
+    body = "".join(f"<section><h2>{html.escape(t)}</h2>{c}</section>" for t, c in sections)
+    page = f"""<!doctype html><html><head><meta charset="utf-8"><title>phicurate report: {html.escape(output)}</title>
+<style>body{{font-family:system-ui,sans-serif;margin:2em;max-width:1200px}} img{{max-width:100%;margin:4px}}
+table{{border-collapse:collapse;margin:1em 0}} td,th{{border:1px solid #ccc;padding:3px 8px;font-size:13px}}
+td.n{{text-align:right;font-variant-numeric:tabular-nums}} section img{{vertical-align:top}}</style></head>
+<body><h1>phicurate report</h1><p>{html.escape(os.path.abspath(output))}</p>{body}</body></html>"""
+    path = os.path.join(output, "report.html")
+    with open(path, "w", encoding="utf-8") as f:
+        f.write(page)
+    return path
