@@ -81,7 +81,7 @@ def plant(docs: pa.Table, n: int, seed: int = 0, min_words: int = 50) -> pa.Tabl
 def all_pairs_jaccard(texts: list[str], ngram: int = 5, min_j: float = 0.3) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """Exact Jaccard of word n-gram sets (same shingles as the stage) for every pair of documents that
     share a shingle, through a sparse document x shingle product; pairs (i < j) with J >= min_j."""
-    from pipeline.dedup.minhash import shingles
+    from pipeline.stages.dedup.minhash import shingles
 
     rows, cols, vocab = [], [], {}
     for i, t in enumerate(texts):
@@ -109,7 +109,7 @@ def run_ours(docs: pa.Table, cfg, write_to: str | None = None) -> list:
     """Our dedup on the running Ray; cluster label per document (None if alone), in input order."""
     import ray
 
-    from pipeline.dedup import dedup_dataset
+    from pipeline.stages.dedup.core import dedup_dataset
 
     t = docs.append_column("source", pa.array(["bench"] * docs.num_rows)).append_column("url", pa.nulls(docs.num_rows, pa.string()))
     t = t.append_column("meta", pa.array(["{}"] * docs.num_rows))
@@ -130,9 +130,14 @@ def run_datatrove(docs: pa.Table, bands: int, rows: int, ngram: int, workers: in
     from datatrove.utils.logging import logger
 
     logger.remove()  # its per-step stats tables would bury the figures
-    from datatrove.pipeline.dedup import MinhashDedupBuckets, MinhashDedupCluster, MinhashDedupFilter, MinhashDedupSignature
-    from datatrove.pipeline.dedup.minhash import MinhashConfig
-    from datatrove.pipeline.readers import ParquetReader
+    from datatrove.pipeline.stages.dedup.minhash import MinhashConfig
+    from datatrove.pipeline.stages.dedup.stage import (
+        MinhashDedupBuckets,
+        MinhashDedupCluster,
+        MinhashDedupFilter,
+        MinhashDedupSignature,
+    )
+    from datatrove.pipeline.stages.ingest.readers import ParquetReader
     from datatrove.pipeline.writers import ParquetWriter
 
     inp = os.path.join(workdir, "input")

@@ -27,8 +27,8 @@ from scipy.special import comb
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 import _dedup_common as common  # noqa: E402
 
-from pipeline.dedup.params import detection_probability  # noqa: E402
-from pipeline.stages.dedup import DedupConfig  # noqa: E402
+from pipeline.stages.dedup.config import DedupConfig  # noqa: E402
+from pipeline.stages.dedup.params import detection_probability  # noqa: E402
 
 BINS = [0.3, 0.4, 0.5, 0.6, 0.7, 0.8, 0.9, 1.0001]
 

@@ -25,7 +25,7 @@ import pyarrow as pa
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 import _dedup_common as common  # noqa: E402
 
-from pipeline.stages.dedup import DedupConfig  # noqa: E402
+from pipeline.stages.dedup.config import DedupConfig  # noqa: E402
 
 
 def scaled(base: pa.Table, k: int) -> pa.Table:
@@ -44,7 +44,7 @@ def signature_costs(texts: list[str], cfg: DedupConfig) -> None:
     import xxhash
     from datasketch import MinHash
 
-    from pipeline.dedup.minhash import shingles
+    from pipeline.stages.dedup.minhash import shingles
 
     t0 = time.perf_counter()
     sets = [shingles(t, cfg.ngram) for t in texts]

@@ -14,8 +14,8 @@ from pathlib import Path
 
 import trafilatura
 
-from pipeline.extract import _extractor
-from pipeline.readers import InputFile, read_warc
+from pipeline.stages.ingest.extract import _extractor
+from pipeline.stages.ingest.readers import InputFile, read_warc
 
 ROOT = Path(__file__).resolve().parent.parent
 

@@ -22,10 +22,10 @@ import pyarrow.parquet as pq
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 from pipeline import storage  # noqa: E402
-from pipeline.signals import Annotator  # noqa: E402
-from pipeline.signals.heuristics import _tokenizer, measure  # noqa: E402
-from pipeline.signals.langid import default_lid_model  # noqa: E402
-from pipeline.stages.select import SelectConfig, select_batch  # noqa: E402
+from pipeline.stages.annotate.signals import Annotator  # noqa: E402
+from pipeline.stages.annotate.signals.heuristics import _tokenizer, measure  # noqa: E402
+from pipeline.stages.annotate.signals.langid import default_lid_model  # noqa: E402
+from pipeline.stages.select.stage import SelectConfig, select_batch  # noqa: E402
 
 BATCH = 64
 
@@ -67,8 +67,7 @@ def run_datatrove(path: str, tmp: str, cfg: SelectConfig) -> tuple[float, set[st
         GopherRepetitionFilter,
         LanguageFilter,
     )
-    from datatrove.pipeline.readers import ParquetReader
-
+    from datatrove.pipeline.stages.ingest.readers import ParquetReader
     from datatrove.utils.lid import FT176LID
 
     class OneItemList:
@@ -116,7 +115,12 @@ def run_datatrove(path: str, tmp: str, cfg: SelectConfig) -> tuple[float, set[st
 def run_datatrove_every_doc(texts: list[str]) -> float:
     """The information annotate stores: each datatrove heuristic filter on every document (no chain)."""
     from datatrove.data import Document
-    from datatrove.pipeline.filters import C4QualityFilter, FineWebQualityFilter, GopherQualityFilter, GopherRepetitionFilter
+    from datatrove.pipeline.filters import (
+        C4QualityFilter,
+        FineWebQualityFilter,
+        GopherQualityFilter,
+        GopherRepetitionFilter,
+    )
 
     filters = [GopherRepetitionFilter(), GopherQualityFilter(), FineWebQualityFilter(), C4QualityFilter()]
     t0 = time.perf_counter()
@@ -128,7 +132,7 @@ def run_datatrove_every_doc(texts: list[str]) -> float:
 
 def breakdown(texts: list[str]) -> None:
     """Where our time goes: fastText lid, the one spaCy tokenization, all heuristic values (incl. tokenization)."""
-    from pipeline.signals.langid import LanguageID
+    from pipeline.stages.annotate.signals.langid import LanguageID
 
     lid, (tokenizer, _) = LanguageID(), _tokenizer()
     t0 = time.perf_counter()

@@ -28,10 +28,10 @@ import zstandard
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, ROOT)
 
+from pipeline.shards import IndexedDatasetWriter  # noqa: E402
 from pipeline.tokenizer import PHI3_OFFLINE, encode_with_eos, load_tokenizer  # noqa: E402
 from train_handoff import parallel  # noqa: E402
 from train_handoff.config import TrainConfig  # noqa: E402
-from train_handoff.megatron import IndexedDatasetWriter  # noqa: E402
 from train_handoff.model import build_model, padded_vocab  # noqa: E402
 from train_handoff.phases import load_phases  # noqa: E402
 from train_handoff.trainer import METRICS, make_optimizer, sequence_loss, train  # noqa: E402

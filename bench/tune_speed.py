@@ -23,10 +23,10 @@ import pyarrow.parquet as pq
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
-from pipeline import rules  # noqa: E402
 from pipeline.config import load_config  # noqa: E402
-from pipeline.signals import SIGNAL_FIELDS  # noqa: E402
-from pipeline.tune import tune  # noqa: E402
+from pipeline.stages.annotate.signals import SIGNAL_FIELDS  # noqa: E402
+from pipeline.stages.select import rules  # noqa: E402
+from pipeline.tools.tune import tune  # noqa: E402
 
 PARTS = 10
 CONFIG = "configs/demo.yaml"
