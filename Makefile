@@ -8,7 +8,7 @@ EXTRA ?= cpu
 TORCH_INDEX ?= $(shell $(PY) -m pip config list 2>/dev/null | grep -q find-links || echo --extra-index-url https://download.pytorch.org/whl/cpu)
 PYTEST_ARGS ?=
 
-.PHONY: setup demo test test-fast clean
+.PHONY: setup demo lint test test-fast clean
 
 setup: $(VENV)/.installed
 
@@ -29,10 +29,14 @@ demo: setup
 	$(BIN)/phicurate report out/demo
 	@echo "loss curve: out/demo/train/loss.png   report: out/demo/report.html"
 
-test: setup
+lint: setup
+	$(BIN)/ruff check .
+	$(BIN)/ruff format --check .
+
+test: lint
 	$(BIN)/python -m pytest $(PYTEST_ARGS)
 
-test-fast: setup
+test-fast: lint
 	$(BIN)/python -m pytest -m "not slow" $(PYTEST_ARGS)
 
 clean:

@@ -23,9 +23,12 @@ from scipy.sparse import csr_matrix, triu
 
 ROOT = Path(__file__).resolve().parent.parent
 OSE = ROOT / "tests" / "data" / "demo" / "onestopenglish.jsonl.zst"
-BOILERPLATE = ["Home | News | Contact | Privacy policy", "Share this page on social media",
-               "Cookies help us deliver our services. By using our services, you agree to our use of cookies.",
-               "All rights reserved. Terms of use."]
+BOILERPLATE = [
+    "Home | News | Contact | Privacy policy",
+    "Share this page on social media",
+    "Cookies help us deliver our services. By using our services, you agree to our use of cookies.",
+    "All rights reserved. Terms of use.",
+]
 
 
 def demo_docs(output: str) -> pa.Table:
@@ -36,7 +39,9 @@ def demo_docs(output: str) -> pa.Table:
     if read_record(output, "ingest") is None:
         print(f"no complete ingest in {output}: running it (phicurate run configs/demo.yaml --stages ingest)")
         run_pipeline(load_config(ROOT / "configs" / "demo.yaml", output=output), stages=["ingest"])
-    t = pq.read_table(sorted(glob.glob(os.path.join(output, "ingest", "*.parquet"))), columns=["id", "text", "source"])
+    t = pq.read_table(
+        sorted(glob.glob(os.path.join(output, "ingest", "*.parquet"))), columns=["id", "text", "source"]
+    )
     return t.filter(pa.compute.not_equal(t["source"], "web/onestopenglish")).select(["id", "text"])
 
 
@@ -78,7 +83,9 @@ def plant(docs: pa.Table, n: int, seed: int = 0, min_words: int = 50) -> pa.Tabl
     return pa.table({"id": ids + new_ids, "text": texts + new_texts})
 
 
-def all_pairs_jaccard(texts: list[str], ngram: int = 5, min_j: float = 0.3) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+def all_pairs_jaccard(
+    texts: list[str], ngram: int = 5, min_j: float = 0.3
+) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """Exact Jaccard of word n-gram sets (same shingles as the stage) for every pair of documents that
     share a shingle, through a sparse document x shingle product; pairs (i < j) with J >= min_j."""
     from pipeline.stages.dedup.minhash import shingles
@@ -111,7 +118,9 @@ def run_ours(docs: pa.Table, cfg, write_to: str | None = None) -> list:
 
     from pipeline.stages.dedup.core import dedup_dataset
 
-    t = docs.append_column("source", pa.array(["bench"] * docs.num_rows)).append_column("url", pa.nulls(docs.num_rows, pa.string()))
+    t = docs.append_column("source", pa.array(["bench"] * docs.num_rows)).append_column(
+        "url", pa.nulls(docs.num_rows, pa.string())
+    )
     t = t.append_column("meta", pa.array(["{}"] * docs.num_rows))
     ds = ray.data.from_arrow(t).repartition(max(2, docs.num_rows // 500))
     out, _ = dedup_dataset(ds, cfg)
@@ -119,7 +128,9 @@ def run_ours(docs: pa.Table, cfg, write_to: str | None = None) -> list:
     if write_to:
         out.write_parquet(write_to)
     res = out.select_columns(["id", "dup_cluster", "dup_cluster_size"]).to_pandas()
-    lab = {i: (c if s > 1 else None) for i, c, s in zip(res["id"], res["dup_cluster"], res["dup_cluster_size"])}
+    lab = {
+        i: (c if s > 1 else None) for i, c, s in zip(res["id"], res["dup_cluster"], res["dup_cluster_size"])
+    }
     return [lab[i] for i in docs["id"].to_pylist()]
 
 
@@ -152,11 +163,24 @@ def run_datatrove(docs: pa.Table, bands: int, rows: int, ngram: int, workers: in
         ([reader(), MinhashDedupSignature(w("sigs"), config=cfg)], workers),
         ([MinhashDedupBuckets(w("sigs"), w("buckets"), config=cfg)], bands),
         ([MinhashDedupCluster(w("buckets"), w("remove"), config=cfg, save_cluster_id=True)], 1),
-        ([reader(), MinhashDedupFilter(w("remove"), exclusion_writer=ParquetWriter(w("removed")), load_cluster_ids=True),
-          ParquetWriter(w("kept"))], workers),
+        (
+            [
+                reader(),
+                MinhashDedupFilter(
+                    w("remove"), exclusion_writer=ParquetWriter(w("removed")), load_cluster_ids=True
+                ),
+                ParquetWriter(w("kept")),
+            ],
+            workers,
+        ),
     ]
     for pipeline, tasks in steps:
-        LocalPipelineExecutor(pipeline, tasks=tasks, workers=min(workers, tasks), logging_dir=w(f"logs/{len(os.listdir(workdir))}")).run()
+        LocalPipelineExecutor(
+            pipeline,
+            tasks=tasks,
+            workers=min(workers, tasks),
+            logging_dir=w(f"logs/{len(os.listdir(workdir))}"),
+        ).run()
     lab = {}
     for path in glob.glob(w("kept/*.parquet")) + glob.glob(w("removed/*.parquet")):
         for r in pq.read_table(path, columns=["id", "metadata"]).to_pylist():

@@ -41,11 +41,17 @@ def merged_table(name: str, labels: list, rows, cols, jac, b: int, r: int) -> No
         m = (jac >= lo) & (jac < hi)
         if m.any():
             expect = np.mean([detection_probability(x, b, r) for x in jac[m]])
-            print(f"    J in [{lo:.1f}, {min(hi, 1):.1f}{']' if hi > 1 else ')'}: {hit[m].sum():5d} / {m.sum():5d} = {hit[m].mean():.3f}  [{expect:.3f}]")
+            print(
+                f"    J in [{lo:.1f}, {min(hi, 1):.1f}{']' if hi > 1 else ')'}: {hit[m].sum():5d} / "
+                f"{m.sum():5d} = {hit[m].mean():.3f}  [{expect:.3f}]"
+            )
     truth = {(i, j): x for i, j, x in zip(rows.tolist(), cols.tolist(), jac.tolist())}
     for t in (0.5, 0.7):
         good = sum(truth.get(p, 0) >= t for p in merged)
-        print(f"    precision (merged pairs with J >= {t}): {good} / {len(merged)} = {good / max(len(merged), 1):.3f}")
+        print(
+            f"    precision (merged pairs with J >= {t}): {good} / {len(merged)} = "
+            f"{good / max(len(merged), 1):.3f}"
+        )
     pos = jac >= 0.8
     print(f"    recall (pairs with J >= 0.8 merged): {hit[pos].sum()} / {pos.sum()} = {hit[pos].mean():.3f}")
 
@@ -68,14 +74,19 @@ def pair_scores(name: str, labels: list, truth_labels: list[int]) -> float:
     p, r = tp / max(len(pred), 1), tp / max(len(true), 1)
     f1 = 2 * p * r / max(p + r, 1e-9)
     singles = [lab if lab is not None else f"single-{i}" for i, lab in enumerate(labels)]
-    print(f"  {name}: pairs merged {len(pred)}, true {len(true)}, precision {p:.3f}, recall {r:.3f}, F1 {f1:.3f}, "
-          f"ARI {ari(singles, truth_labels):.3f}")
+    print(
+        f"  {name}: pairs merged {len(pred)}, true {len(true)}, precision {p:.3f}, recall {r:.3f}, F1 "
+        f"{f1:.3f}, "
+        f"ARI {ari(singles, truth_labels):.3f}"
+    )
     return f1
 
 
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("--output", default="out/demo", help="demo run output holding ingest/ (ingest is run if missing)")
+    ap.add_argument(
+        "--output", default="out/demo", help="demo run output holding ingest/ (ingest is run if missing)"
+    )
     ap.add_argument("--planted", type=int, default=600, help="near-copies planted in part A")
     args = ap.parse_args()
 
@@ -102,7 +113,9 @@ def main() -> None:
     rows, cols, jac = common.all_pairs_jaccard(ose["text"].to_pylist())
     keep = jac >= 0.7
     n = ose.num_rows
-    _, truth = connected_components(coo_matrix((np.ones(keep.sum()), (rows[keep], cols[keep])), shape=(n, n)), directed=False)
+    _, truth = connected_components(
+        coo_matrix((np.ones(keep.sum()), (rows[keep], cols[keep])), shape=(n, n)), directed=False
+    )
     ours = common.run_ours(ose, cfg)
     work = common.tmpdir()
     theirs = common.run_datatrove(ose, b, r, cfg.ngram, workers=2, workdir=work)

@@ -34,7 +34,10 @@ def scaled(base: pa.Table, k: int) -> pa.Table:
     out_ids, out_texts = list(ids), list(texts)
     for c in range(1, k):
         out_ids += [f"{i}-x{c}" for i in ids]
-        out_texts += [" ".join(f"y{rng.randrange(10**6)}" if rng.random() < 0.1 else w for w in t.split(" ")) for t in texts]
+        out_texts += [
+            " ".join(f"y{rng.randrange(10**6)}" if rng.random() < 0.1 else w for w in t.split(" "))
+            for t in texts
+        ]
     return pa.table({"id": out_ids, "text": out_texts})
 
 
@@ -50,9 +53,13 @@ def signature_costs(texts: list[str], cfg: DedupConfig) -> None:
     sets = [shingles(t, cfg.ngram) for t in texts]
     t_sh = time.perf_counter() - t0
     variants = {
-        "MinHash per doc, SHA-1": lambda: [MinHash(num_perm=cfg.num_perm, seed=cfg.seed).update_batch(s) for s in sets],
+        "MinHash per doc, SHA-1": lambda: [
+            MinHash(num_perm=cfg.num_perm, seed=cfg.seed).update_batch(s) for s in sets
+        ],
         "MinHash.bulk, SHA-1": lambda: MinHash.bulk(sets, num_perm=cfg.num_perm, seed=cfg.seed),
-        "MinHash.bulk, xxh32": lambda: MinHash.bulk(sets, num_perm=cfg.num_perm, seed=cfg.seed, hashfunc=xxhash.xxh32_intdigest),
+        "MinHash.bulk, xxh32": lambda: MinHash.bulk(
+            sets, num_perm=cfg.num_perm, seed=cfg.seed, hashfunc=xxhash.xxh32_intdigest
+        ),
     }
     print(f"signatures, one core, {len(texts)} documents: shingling {1000 * t_sh / len(texts):.2f} ms/doc")
     for name, fn in variants.items():
@@ -63,7 +70,9 @@ def signature_costs(texts: list[str], cfg: DedupConfig) -> None:
 
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("--output", default="out/demo", help="demo run output holding ingest/ (ingest is run if missing)")
+    ap.add_argument(
+        "--output", default="out/demo", help="demo run output holding ingest/ (ingest is run if missing)"
+    )
     ap.add_argument("--scales", default="1,2,4")
     args = ap.parse_args()
 
@@ -73,7 +82,9 @@ def main() -> None:
     ray.data.DataContext.get_current().enable_progress_bars = False
     cfg = DedupConfig()
     b, r = cfg.bands_rows()
-    base = pa.concat_tables([common.demo_docs(args.output), common.onestopenglish()], promote_options="permissive")
+    base = pa.concat_tables(
+        [common.demo_docs(args.output), common.onestopenglish()], promote_options="permissive"
+    )
     print(f"setting: {cfg.describe()}; input 1x = {base.num_rows} documents, 2 CPUs each")
     signature_costs(base["text"].to_pylist()[:400], cfg)
     common.run_ours(base.slice(0, 200), cfg)  # warm up Ray's workers, as a long-running cluster would be
@@ -94,8 +105,11 @@ def main() -> None:
             shutil.rmtree(work)
             merged = len(common.cluster_pairs(labels))
             row[name] = docs.num_rows / wall
-            print(f"{k}x ({docs.num_rows} docs, {mb:.0f} MB text) {name:9s}: {wall:6.1f} s, {row[name]:7.1f} docs/s, "
-                  f"peak RSS {mem.peak / 2**20:6.0f} MB, pairs merged {merged}")
+            print(
+                f"{k}x ({docs.num_rows} docs, {mb:.0f} MB text) {name:9s}: {wall:6.1f} s, {row[name]:7.1f} "
+                "docs/s, "
+                f"peak RSS {mem.peak / 2**20:6.0f} MB, pairs merged {merged}"
+            )
         ratio = row["ours"] / row["datatrove"]
     print(f"ratio: {ratio:.3f}")
 

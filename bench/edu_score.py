@@ -51,11 +51,16 @@ def main() -> None:
     with tempfile.TemporaryDirectory() as tmp:
         t0 = time.perf_counter()
         m = train([args.labels], tmp, TrainParams(threshold=1))
-        print(f"train: {m['train_counts']['docs']} docs, {time.perf_counter() - t0:.1f} s wall "
-              f"(fastText + quantization {m['train_s']} s), model {m['model_bytes'] / 1e6:.1f} MB, "
-              f"validation ROC-AUC {m['valid']['roc_auc']}")
+        print(
+            f"train: {m['train_counts']['docs']} docs, {time.perf_counter() - t0:.1f} s wall "
+            f"(fastText + quantization {m['train_s']} s), model {m['model_bytes'] / 1e6:.1f} MB, "
+            f"validation ROC-AUC {m['valid']['roc_auc']}"
+        )
         scorer = EduScorer(m["model"])
-        print(f"datatrove FastTextClassifierFilter on this model: {datatrove_filter_works(m['model'], texts[0])}")
+        print(
+            "datatrove FastTextClassifierFilter on this model: "
+            f"{datatrove_filter_works(m['model'], texts[0])}"
+        )
         scorer.score(texts[:BATCH])  # warm up
 
         def ours() -> list[float]:
@@ -80,7 +85,10 @@ def main() -> None:
                 scores = fn()
                 times.append(time.perf_counter() - t0)
             best[name] = (min(times), scores)
-            print(f"{name:22} {len(texts) / min(times):9.0f} docs/s  {mb / min(times):6.1f} MB/s  ({len(texts)} docs, {mb:.1f} MB)")
+            print(
+                f"{name:22} {len(texts) / min(times):9.0f} docs/s  {mb / min(times):6.1f} MB/s  "
+                f"({len(texts)} docs, {mb:.1f} MB)"
+            )
         a, b = best["batched (EduScorer)"][1], best["per document"][1]
         assert max(abs(x - y) for x, y in zip(a, b)) < 1e-6, "both sides must give the same scores"
         print(f"ratio: {best['per document'][0] / best['batched (EduScorer)'][0]:.3f}")

@@ -36,8 +36,12 @@ def score(extract, pages, gold) -> dict:
         unwanted += len(g["without"])
     recall = found / wanted
     precision = 1 - leaked / unwanted  # share of boilerplate strings kept out
-    return {"recall": recall, "boilerplate_excluded": precision, "f1": 2 * recall * precision / (recall + precision),
-            "pages_per_s": len(pages) / (time.perf_counter() - t0)}
+    return {
+        "recall": recall,
+        "boilerplate_excluded": precision,
+        "f1": 2 * recall * precision / (recall + precision),
+        "pages_per_s": len(pages) / (time.perf_counter() - t0),
+    }
 
 
 def main() -> None:
@@ -51,9 +55,14 @@ def main() -> None:
     print(f"{len(pages)} pages with ground truth")
     ours = score(_extractor(True).extract, pages, gold)
     base = score(lambda h: trafilatura.extract(h), pages, gold)
-    for name, s in [("ingest (datatrove Trafilatura, favour_precision)", ours), ("baseline: trafilatura defaults", base)]:
-        print(f"{name:<50} recall of main-text strings {s['recall']:.3f}  boilerplate excluded "
-              f"{s['boilerplate_excluded']:.3f}  F1 {s['f1']:.3f}  {s['pages_per_s']:.1f} pages/s")
+    for name, s in [
+        ("ingest (datatrove Trafilatura, favour_precision)", ours),
+        ("baseline: trafilatura defaults", base),
+    ]:
+        print(
+            f"{name:<50} recall of main-text strings {s['recall']:.3f}  boilerplate excluded "
+            f"{s['boilerplate_excluded']:.3f}  F1 {s['f1']:.3f}  {s['pages_per_s']:.1f} pages/s"
+        )
     print(f"ratio: {ours['f1'] / base['f1']:.3f}")
 
 

@@ -93,10 +93,15 @@ def run_datatrove(path: str, tmp: str, cfg: SelectConfig) -> tuple[float, set[st
 
     lid = LanguageFilter(languages=cfg.lang, language_threshold=cfg.lang_score)
     lid.model = LocalFT176(cfg.lang)
-    filters = [lid, GopherRepetitionFilter(), GopherQualityFilter(),
-               FineWebQualityFilter(),
-               C4QualityFilter()]  # C4 last: it rewrites the text it keeps, and FineWeb must see the original
-    for f in filters[1:]:  # warm the (process-wide) spaCy tokenizer; the lid model loads in the run, as ours is timed after loading
+    filters = [
+        lid,
+        GopherRepetitionFilter(),
+        GopherQualityFilter(),
+        FineWebQualityFilter(),
+        C4QualityFilter(),
+    ]  # C4 last: it rewrites the text it keeps, and FineWeb must see the original
+    # warm the (process-wide) spaCy tokenizer; the lid model loads in the run, as ours is timed after loading
+    for f in filters[1:]:
         f.filter(Document(text="Warm up the tokenizer. It is loaded once.", id="w"))
     kept: set[str] = set()
 
@@ -105,8 +110,12 @@ def run_datatrove(path: str, tmp: str, cfg: SelectConfig) -> tuple[float, set[st
             kept.add(doc.id)
             yield doc
 
-    reader = ParquetReader(os.path.dirname(path), glob_pattern=os.path.basename(path), text_key="text", id_key="id")
-    executor = LocalPipelineExecutor([reader, *filters, collect], tasks=1, workers=1, logging_dir=os.path.join(tmp, "dt-logs"))
+    reader = ParquetReader(
+        os.path.dirname(path), glob_pattern=os.path.basename(path), text_key="text", id_key="id"
+    )
+    executor = LocalPipelineExecutor(
+        [reader, *filters, collect], tasks=1, workers=1, logging_dir=os.path.join(tmp, "dt-logs")
+    )
     t0 = time.perf_counter()
     executor.run()
     return time.perf_counter() - t0, kept
@@ -131,7 +140,8 @@ def run_datatrove_every_doc(texts: list[str]) -> float:
 
 
 def breakdown(texts: list[str]) -> None:
-    """Where our time goes: fastText lid, the one spaCy tokenization, all heuristic values (incl. tokenization)."""
+    """Where our time goes: fastText lid, the one spaCy tokenization, all heuristic values (incl.
+    tokenization)."""
     from pipeline.stages.annotate.signals.langid import LanguageID
 
     lid, (tokenizer, _) = LanguageID(), _tokenizer()
@@ -144,13 +154,17 @@ def breakdown(texts: list[str]) -> None:
     for t in texts:
         measure(t)
     t3 = time.perf_counter()
-    print(f"breakdown: lid.176 {t1 - t0:.2f} s, spaCy tokenization {t2 - t1:.2f} s, "
-          f"all heuristic values incl. that tokenization {t3 - t2:.2f} s")
+    print(
+        f"breakdown: lid.176 {t1 - t0:.2f} s, spaCy tokenization {t2 - t1:.2f} s, "
+        f"all heuristic values incl. that tokenization {t3 - t2:.2f} s"
+    )
 
 
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument("--ingested", help="an output directory with a complete ingest stage (default: run ingest)")
+    ap.add_argument(
+        "--ingested", help="an output directory with a complete ingest stage (default: run ingest)"
+    )
     ap.add_argument("--limit", type=int, default=0, help="use only the first N documents (0: all)")
     args = ap.parse_args()
     os.environ.setdefault("RAY_AUTH_MODE", "disabled")
@@ -167,14 +181,23 @@ def main() -> None:
         ours_s, ours_kept = run_ours(path, cfg)
         dt_s, dt_kept = run_datatrove(path, tmp, cfg)
         print(f"annotate+select (ours): {ours_s:.1f} s, {n / ours_s:.1f} docs/s/core, kept {len(ours_kept)}")
-        print(f"datatrove LocalPipelineExecutor (lid + 4 filters): {dt_s:.1f} s, {n / dt_s:.1f} docs/s/core, kept {len(dt_kept)}")
+        print(
+            f"datatrove LocalPipelineExecutor (lid + 4 filters): {dt_s:.1f} s, {n / dt_s:.1f} docs/s/core, "
+            f"kept {len(dt_kept)}"
+        )
         if ours_kept != dt_kept:
-            print(f"WARNING: kept sets differ: {len(ours_kept - dt_kept)} only ours, {len(dt_kept - ours_kept)} only datatrove")
+            print(
+                f"WARNING: kept sets differ: {len(ours_kept - dt_kept)} only ours, "
+                f"{len(dt_kept - ours_kept)} only datatrove"
+            )
         else:
             print("same documents kept by both")
         every = run_datatrove_every_doc(docs["text"].to_pylist())
-        print(f"datatrove, the 4 heuristic filters each on every document (what annotate stores; no lid): {every:.1f} s, "
-              f"{n / every:.1f} docs/s/core")
+        print(
+            "datatrove, the 4 heuristic filters each on every document (what annotate stores; no lid): "
+            f"{every:.1f} s, "
+            f"{n / every:.1f} docs/s/core"
+        )
         breakdown(docs["text"].to_pylist())
         print(f"ratio: {dt_s / ours_s:.3f}")
 

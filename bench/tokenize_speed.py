@@ -50,7 +50,10 @@ def main() -> None:
     ap.add_argument("--repeats", type=int, default=3, help="stage runs per scale; the ratio is their median")
     args = ap.parse_args()
     if read_record(args.output, "ingest") is None:
-        print(f"no complete ingest in {args.output}: running it (phicurate run configs/demo.yaml --stages ingest)")
+        print(
+            f"no complete ingest in {args.output}: running it (phicurate run configs/demo.yaml --stages "
+            "ingest)"
+        )
         run_pipeline(load_config(ROOT / "configs" / "demo.yaml", output=args.output), stages=["ingest"])
     parts = sorted(glob.glob(os.path.join(args.output, "ingest", "*.parquet")))
     corpus = pq.read_table(parts)
@@ -62,11 +65,19 @@ def main() -> None:
     backend = plain_text_encoder(load_tokenizer(str(PHI3_OFFLINE)))
 
     def bare() -> tuple[float, int]:
-        """MB/s of one thread's bare batch encode of the corpus, and its tokens (with one EOS per document)."""
+        """MB/s of one thread's bare batch encode of the corpus, and its tokens (with one EOS per
+        document)."""
         t0 = time.perf_counter()
-        n = sum(len(e.ids) + 1 for i in range(0, len(texts), BATCH) for e in backend.encode_batch_fast(texts[i : i + BATCH], add_special_tokens=False))
+        n = sum(
+            len(e.ids) + 1
+            for i in range(0, len(texts), BATCH)
+            for e in backend.encode_batch_fast(texts[i : i + BATCH], add_special_tokens=False)
+        )
         s = time.perf_counter() - t0
-        print(f"  bare tokenizers encode_batch_fast, 1 thread: {s:.2f} s, {n:,} tokens, {mb / s:.2f} MB/s per core")
+        print(
+            f"  bare tokenizers encode_batch_fast, 1 thread: {s:.2f} s, {n:,} tokens, {mb / s:.2f} MB/s per "
+            "core"
+        )
         return mb / s, n
 
     import ray
@@ -81,31 +92,64 @@ def main() -> None:
         try:
             os.makedirs(os.path.join(scratch, "ingest"))
             for c in range(k):  # k copies, each its own part, ids made unique
-                copy = corpus.set_column(corpus.schema.get_field_index("id"), "id", pc.binary_join_element_wise(corpus["id"], f"copy{c}", "#"))
+                copy = corpus.set_column(
+                    corpus.schema.get_field_index("id"),
+                    "id",
+                    pc.binary_join_element_wise(corpus["id"], f"copy{c}", "#"),
+                )
                 # row groups of 512 documents, as a stage that reads with `read_docs` writes its parts
-                pq.write_table(copy, os.path.join(scratch, "ingest", f"part-{c:03d}.parquet"), row_group_size=READ_BLOCK_ROWS)
+                pq.write_table(
+                    copy,
+                    os.path.join(scratch, "ingest", f"part-{c:03d}.parquet"),
+                    row_group_size=READ_BLOCK_ROWS,
+                )
             shutil.copy(os.path.join(args.output, "ingest", "_stage.json"), os.path.join(scratch, "ingest"))
             recipe = {"sources": [{"name": "web", "stage": "ingest", "weight": 1.0}]}
-            config = parse_config({
-                "run": {"output": scratch, "stages": ["mix"]},
-                "ray": {"num_cpus": args.cpus, "object_store_memory_mb": 1024, "progress_bars": False},
-                "ingest": {"inputs": [{"path": str(ROOT / "tests/data/demo/onestopenglish.jsonl.zst"), "source": "web/onestopenglish"}]},
-                "mix": {"tokenizer": str(PHI3_OFFLINE), "batch_size": BATCH, "shard_tokens": 1_000_000, "phase1": recipe, "phase2": recipe},
-            })
+            config = parse_config(
+                {
+                    "run": {"output": scratch, "stages": ["mix"]},
+                    "ray": {"num_cpus": args.cpus, "object_store_memory_mb": 1024, "progress_bars": False},
+                    "ingest": {
+                        "inputs": [
+                            {
+                                "path": str(ROOT / "tests/data/demo/onestopenglish.jsonl.zst"),
+                                "source": "web/onestopenglish",
+                            }
+                        ]
+                    },
+                    "mix": {
+                        "tokenizer": str(PHI3_OFFLINE),
+                        "batch_size": BATCH,
+                        "shard_tokens": 1_000_000,
+                        "phase1": recipe,
+                        "phase2": recipe,
+                    },
+                }
+            )
             init_ray(config.ray)  # Ray's own start is not the stage's work
             cores = int(ray.cluster_resources().get("CPU", args.cpus))
             for r in range(args.repeats):
                 t0 = time.perf_counter()
                 rec = run_pipeline(config, force=True, log=lambda _: None)[0]
                 stage_s = time.perf_counter() - t0
-                assert rec["details"]["phase1"]["tokens"] == k * n_bare, "the stage and the bare encode disagree on the token count"
+                assert rec["details"]["phase1"]["tokens"] == k * n_bare, (
+                    "the stage and the bare encode disagree on the token count"
+                )
                 ours = k * mb / stage_s / cores
-                print(f"x{k} run {r + 1}: mix stage on {k * mb:.0f} MB ({cores} cores, both phases from one tokenization, "
-                      f"{rec['tokens_out']:,} tokens written): {stage_s:.2f} s, {k * mb / stage_s:.2f} MB/s, {ours:.2f} MB/s per core; "
-                      f"tokenizing {rec['details']['tokenize_s']} s, sampling, shuffling, writing shards {rec['details']['write_s']} s")
+                print(
+                    f"x{k} run {r + 1}: mix stage on {k * mb:.0f} MB ({cores} cores, both phases from one "
+                    "tokenization, "
+                    f"{rec['tokens_out']:,} tokens written): {stage_s:.2f} s, {k * mb / stage_s:.2f} MB/s, "
+                    f"{ours:.2f} MB/s per core; "
+                    f"tokenizing {rec['details']['tokenize_s']} s, sampling, shuffling, writing shards "
+                    f"{rec['details']['write_s']} s"
+                )
                 after, _ = bare()
                 ratios.append(ours / ((before + after) / 2))
-                print(f"x{k} run {r + 1}: {ratios[-1]:.3f} of bare (the mean of the bare runs just before and after)")
+                print(
+                    f"x{k} run {r + 1}: {ratios[-1]:.3f} of bare (the mean of the bare runs just before and "
+                    "after)"
+                )
                 before = after
         finally:
             shutil.rmtree(scratch, ignore_errors=True)

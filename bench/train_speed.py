@@ -1,8 +1,11 @@
-"""Tokens per second of the trainer against a bare forward/backward/AdamW loop on the same model and batch size.
+"""Tokens per second of the trainer against a bare forward/backward/AdamW loop on the same model and batch
+size.
 
 Data: the demo corpus's OneStopEnglish articles tokenized with Phi-3's tokenizer into a two-phase mix of
-Megatron shards (or an existing run's mix with --mix OUTPUT). The trainer runs through `train_handoff.trainer.train`
-(data reading, bf16 autocast, clipping, schedule, logging) and reports tokens/s per step. The baseline is the same
+Megatron shards (or an existing run's mix with --mix OUTPUT). The trainer runs through
+`train_handoff.trainer.train`
+(data reading, bf16 autocast, clipping, schedule, logging) and reports tokens/s per step. The baseline is the
+same
 tiny Phi-3, the same micro-batch of the same sequences, the same AdamW, under the same autocast, with nothing
 else. Rounds alternate so both sides share the noise of a busy machine. The `ratio:` line compares the median
 steps; the fastest steps are compared too (on a heavily shared machine the fastest repeat is the least
@@ -51,9 +54,17 @@ def build_demo_mix(output: str) -> None:
         with IndexedDatasetWriter(os.path.join(d, "shard_00000")) as w:
             for ids in part:
                 w.add_document(ids)
-        manifest = {"phase": phase, "tokenizer": PHI3_OFFLINE, "vocab_size": len(tok), "tokens": w.tokens,
-                    "sources": {"web/onestopenglish": {"tokens": w.tokens, "docs": w.docs, "weight": 1.0, "epochs": 1.0}},
-                    "shards": ["shard_00000"], "blend": "1.0 shard_00000"}
+        manifest = {
+            "phase": phase,
+            "tokenizer": PHI3_OFFLINE,
+            "vocab_size": len(tok),
+            "tokens": w.tokens,
+            "sources": {
+                "web/onestopenglish": {"tokens": w.tokens, "docs": w.docs, "weight": 1.0, "epochs": 1.0}
+            },
+            "shards": ["shard_00000"],
+            "blend": "1.0 shard_00000",
+        }
         with open(os.path.join(d, "manifest.json"), "w") as f:
             json.dump(manifest, f)
 
@@ -85,7 +96,11 @@ def bare_rates(cfg: TrainConfig, batch: torch.Tensor, vocab: int, steps: int, sk
 
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    ap.add_argument("--mix", help="an OUTPUT directory whose mix/phase1 and mix/phase2 to read (default: build from the demo corpus)")
+    ap.add_argument(
+        "--mix",
+        help="an OUTPUT directory whose mix/phase1 and mix/phase2 to read (default: build from the demo "
+        "corpus)",
+    )
     ap.add_argument("--steps", type=int, default=8, help="optimizer steps per round and side")
     ap.add_argument("--rounds", type=int, default=3)
     ap.add_argument("--seq-len", type=int, default=64)
@@ -100,24 +115,47 @@ def main() -> None:
     phases, manifest = load_phases(probe, os.path.join(output, "mix"))
     vocab = padded_vocab(manifest["vocab_size"])
     seqs = sum(len(p.order) for p in phases)
-    budget = (args.steps * args.micro_batch + 1) * args.seq_len  # tokens of one phase-1-only run of `steps` steps
-    cfg = TrainConfig(seq_len=args.seq_len, micro_batch=args.micro_batch, heldout_sequences=0, phases=["phase1"],
-                      max_phase_tokens=budget, log_every=1, eval_every=10**9, checkpoint_every=10**9, save_model=False)
+    budget = (
+        args.steps * args.micro_batch + 1
+    ) * args.seq_len  # tokens of one phase-1-only run of `steps` steps
+    cfg = TrainConfig(
+        seq_len=args.seq_len,
+        micro_batch=args.micro_batch,
+        heldout_sequences=0,
+        phases=["phase1"],
+        max_phase_tokens=budget,
+        log_every=1,
+        eval_every=10**9,
+        checkpoint_every=10**9,
+        save_model=False,
+    )
     batch = torch.from_numpy(phases[0].sequences(phases[0].order[: args.micro_batch])).long()
-    print(f"data: demo mix in {output}: {len(phases)} phases, {seqs} sequences of {args.seq_len + 1} tokens; "
-          f"phase 1 used; model tiny Phi-3, vocab {vocab}, "
-          f"{cfg.precision}, micro-batch {args.micro_batch}, {torch.get_num_threads()} threads")
+    print(
+        f"data: demo mix in {output}: {len(phases)} phases, {seqs} sequences of {args.seq_len + 1} tokens; "
+        f"phase 1 used; model tiny Phi-3, vocab {vocab}, "
+        f"{cfg.precision}, micro-batch {args.micro_batch}, {torch.get_num_threads()} threads"
+    )
 
     ours, bare = [], []
     for r in range(args.rounds):
-        sides = [lambda: ours.extend(trainer_rates(cfg, output, vocab, args.skip)),
-                 lambda: bare.extend(bare_rates(cfg, batch, vocab, args.steps, args.skip))]
+        sides = [
+            lambda: ours.extend(trainer_rates(cfg, output, vocab, args.skip)),
+            lambda: bare.extend(bare_rates(cfg, batch, vocab, args.steps, args.skip)),
+        ]
         for side in sides if r % 2 == 0 else sides[::-1]:  # alternate which side goes first
             side()
-        print(f"round {r + 1}: trainer {statistics.median(ours):.0f} tokens/s, bare loop {statistics.median(bare):.0f} tokens/s (medians so far)")
-    print(f"trainer: median {statistics.median(ours):.0f} tokens/s, fastest step {max(ours):.0f} tokens/s ({len(ours)} steps)")
-    print(f"bare forward/backward/AdamW loop: median {statistics.median(bare):.0f} tokens/s, "
-          f"fastest step {max(bare):.0f} tokens/s ({len(bare)} steps)")
+        print(
+            f"round {r + 1}: trainer {statistics.median(ours):.0f} tokens/s, bare loop "
+            f"{statistics.median(bare):.0f} tokens/s (medians so far)"
+        )
+    print(
+        f"trainer: median {statistics.median(ours):.0f} tokens/s, fastest step {max(ours):.0f} tokens/s "
+        f"({len(ours)} steps)"
+    )
+    print(
+        f"bare forward/backward/AdamW loop: median {statistics.median(bare):.0f} tokens/s, "
+        f"fastest step {max(bare):.0f} tokens/s ({len(bare)} steps)"
+    )
     print(f"fastest-step ratio: {max(ours) / max(bare):.3f}")
     print(f"ratio: {statistics.median(ours) / statistics.median(bare):.3f}")
 

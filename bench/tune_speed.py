@@ -49,7 +49,9 @@ def generate(n: int, rng: np.random.Generator) -> pa.Table:
         elif f.name in ("n_words", "gopher_words"):
             cols[f.name] = pa.array(words)
         elif f.name in ("c4_lorem_line", "c4_curly_line"):
-            cols[f.name] = pa.array(np.where(rng.random(n) < 0.02, 3, -1), pa.int64()).filter(pa.array(np.ones(n, bool)))
+            cols[f.name] = pa.array(np.where(rng.random(n) < 0.02, 3, -1), pa.int64()).filter(
+                pa.array(np.ones(n, bool))
+            )
             cols[f.name] = pa.array([3 if v == 3 else None for v in cols[f.name].to_pylist()], pa.int64())
         elif pa.types.is_integer(f.type):
             cols[f.name] = pa.array(rng.integers(0, 40, n))
@@ -63,7 +65,8 @@ def generate(n: int, rng: np.random.Generator) -> pa.Table:
 
 
 def baseline(output: str, thresholds: list[float]) -> tuple[float, list[int]]:
-    """Select's own evaluation at each threshold: all rule columns read, every rule evaluated, per threshold."""
+    """Select's own evaluation at each threshold: all rule columns read, every rule evaluated, per
+    threshold."""
     select = load_config(CONFIG).select
     t0 = time.perf_counter()
     files = sorted(os.path.join(output, "annotate", f) for f in os.listdir(os.path.join(output, "annotate")))
@@ -87,8 +90,14 @@ def main() -> None:
         for p in range(PARTS):
             n = min(per, args.docs - p * per)
             pq.write_table(generate(n, rng), os.path.join(tmp, "annotate", f"part-{p:03d}.parquet"))
-        size = sum(os.path.getsize(os.path.join(tmp, "annotate", f)) for f in os.listdir(os.path.join(tmp, "annotate")))
-        print(f"generated {args.docs} documents x {len(SIGNAL_FIELDS) + 5} columns, {size / 1e6:.0f} MB of Parquet in {time.perf_counter() - t0:.1f} s")
+        size = sum(
+            os.path.getsize(os.path.join(tmp, "annotate", f))
+            for f in os.listdir(os.path.join(tmp, "annotate"))
+        )
+        print(
+            f"generated {args.docs} documents x {len(SIGNAL_FIELDS) + 5} columns, {size / 1e6:.0f} MB of "
+            f"Parquet in {time.perf_counter() - t0:.1f} s"
+        )
 
         t0 = time.perf_counter()
         s = tune(tmp, "edu_score", config_path=CONFIG, keep="above", out=io.StringIO())
@@ -101,7 +110,10 @@ def main() -> None:
         thresholds = [t for t, _, _ in s.rows]
         base, kept = baseline(tmp, thresholds)
         assert kept == [d for _, d, _ in s.rows], "tune's counts differ from select's rule evaluation"
-        print(f"baseline, select's rules evaluated once per threshold ({len(thresholds)} thresholds): {base:.2f} s; same counts")
+        print(
+            f"baseline, select's rules evaluated once per threshold ({len(thresholds)} thresholds): "
+            f"{base:.2f} s; same counts"
+        )
         print(f"ratio: {base / ours:.3f}")
 
 

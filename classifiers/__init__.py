@@ -1,1 +1,2 @@
-"""fastText classifiers: the educational-value classifier (LLM or reference labels -> fastText) and its scorer."""
+"""fastText classifiers: the educational-value classifier (LLM or reference labels -> fastText) and its
+scorer."""

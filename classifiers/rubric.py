@@ -42,7 +42,9 @@ After reading the extract:
 - End with one line of the form "Educational score: <points>", where <points> is a whole number from 0 to 5."""
 
 # The final line the rubric asks for; markdown emphasis and a trailing "/5" or "points" are tolerated.
-_SCORE_LINE = re.compile(r"educational\s+score\s*[:=]?\s*[*_`]*\s*(\d+(?:\.\d+)?)\s*(?:/\s*5|points?)?", re.IGNORECASE)
+_SCORE_LINE = re.compile(
+    r"educational\s+score\s*[:=]?\s*[*_`]*\s*(\d+(?:\.\d+)?)\s*(?:/\s*5|points?)?", re.IGNORECASE
+)
 _BARE = re.compile(r"^\s*[*_`]*(\d)[*_`]*\s*$")  # a reply that is nothing but the number
 
 

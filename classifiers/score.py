@@ -40,7 +40,8 @@ def _local_copy(model_path: str) -> tuple[str, str | None]:
 
 
 def load_fasttext(model_path: str):
-    """Load a fastText model from a local path or URL, with a UserError naming the path if it can't be read."""
+    """Load a fastText model from a local path or URL, with a UserError naming the path if it can't be
+    read."""
     import fasttext
 
     local, tmp = _local_copy(model_path)
@@ -65,12 +66,13 @@ class EduScorer:
         if sorted(labels) == sorted([POS, NEG]):
             self.kind = "binary"
             self._values = None
-        elif labels and all(l.removeprefix("__label__").isdigit() for l in labels):
+        elif labels and all(lab.removeprefix("__label__").isdigit() for lab in labels):
             self.kind = "ratings"
-            self._values = {l: float(l.removeprefix("__label__")) for l in labels}
+            self._values = {lab: float(lab.removeprefix("__label__")) for lab in labels}
         else:
             raise UserError(
-                f"{model_path}: labels {labels} are neither binary ({POS}, {NEG}) nor ratings (__label__0 ...); "
+                f"{model_path}: labels {labels} are neither binary ({POS}, {NEG}) nor ratings (__label__0 "
+                "...); "
                 "train it with `phicurate classifier train`"
             )
         self._k = len(labels)
@@ -88,5 +90,5 @@ class EduScorer:
             if self.kind == "binary":
                 out.append(float(p[POS]))
             else:
-                out.append(float(sum(self._values[l] * q for l, q in p.items())))
+                out.append(float(sum(self._values[lab] * q for lab, q in p.items())))
         return out

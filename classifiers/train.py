@@ -1,4 +1,5 @@
-"""Train and evaluate the educational-value fastText classifier from labels (teacher ratings or reference labels).
+"""Train and evaluate the educational-value fastText classifier from labels (teacher ratings or reference
+labels).
 
 fastText (supervised, word bigrams) is the cheap student of the Phi recipe: a teacher LLM, or a reference
 set, labels a sample; the student scores every document at thousands of documents a second on one core.
@@ -24,20 +25,26 @@ MODEL_FILE, METRICS_FILE = "model.ftz", "metrics.json"
 
 @dataclass(frozen=True)
 class TrainParams:
-    threshold: float = 3.0  # a document with score >= threshold is positive (3 on the 0-5 rubric, as FineWeb-Edu)
-    per_score: bool = False  # one fastText label per rating 0-5 instead of binary; scores are expected ratings
-    operating_threshold: float | None = None  # on the model's score; default 0.5 (binary) or `threshold` (ratings)
+    # a document with score >= threshold is positive (3 on the 0-5 rubric, as FineWeb-Edu)
+    threshold: float = 3.0
+    # one fastText label per rating 0-5 instead of binary; scores are expected ratings
+    per_score: bool = False
+    # on the model's score; default 0.5 (binary) or `threshold` (ratings)
+    operating_threshold: float | None = None
     valid_fraction: float = 0.2  # share of groups (sites, articles) held out for validation
     seed: int = 0
     epoch: int = 40
-    lr: float = 0.5  # bundled labels, seed 0, unquantized: validation ROC-AUC 0.946 (0.925 at lr 0.2 and 20 epochs)
+    # bundled labels, seed 0, unquantized: validation ROC-AUC 0.946 (0.925 at lr 0.2 and 20 epochs)
+    lr: float = 0.5
     word_ngrams: int = 2
     dim: int = 32
     bucket: int = 200_000  # hashed n-gram rows: small, so training and loading take seconds
-    balance: bool = True  # repeat documents of the rarer labels in training until each label is as frequent as the commonest
+    # repeat documents of the rarer labels in training until each label is as frequent as the commonest
+    balance: bool = True
     min_count: int = 1  # 2 made fastText 0.9.3 diverge ("Encountered NaN") on these long documents
     quantize: bool = True  # save a quantized .ftz (a few MB) instead of the full .bin
-    autotune_s: int = 0  # > 0: let fastText's autotune search this many seconds on a split of the training groups
+    # > 0: let fastText's autotune search this many seconds on a split of the training groups
+    autotune_s: int = 0
 
     def operating(self) -> float:
         if self.operating_threshold is not None:
@@ -81,7 +88,12 @@ def evaluate_scorer(scorer: EduScorer, labels: Labels, idx: np.ndarray, params: 
 
 
 def _counts(labels: Labels, targets: list[str], idx: np.ndarray) -> dict:
-    out: dict = {"docs": int(len(idx)), "groups": len({labels.groups[i] for i in idx}), "labels": {}, "sources": {}}
+    out: dict = {
+        "docs": int(len(idx)),
+        "groups": len({labels.groups[i] for i in idx}),
+        "labels": {},
+        "sources": {},
+    }
     for i in idx:
         out["labels"][targets[i]] = out["labels"].get(targets[i], 0) + 1
         src = labels.sources[i] or "(none)"
@@ -91,8 +103,13 @@ def _counts(labels: Labels, targets: list[str], idx: np.ndarray) -> dict:
     return out
 
 
-def train(label_paths: list[str], out_dir: str, params: TrainParams = TrainParams(), label_source: str | None = None,
-          force: bool = True) -> dict:
+def train(
+    label_paths: list[str],
+    out_dir: str,
+    params: TrainParams = TrainParams(),
+    label_source: str | None = None,
+    force: bool = True,
+) -> dict:
     """Train on a group split of the labels, write OUT/model.ftz and OUT/metrics.json, return the metrics.
 
     With force=False, a model in OUT trained from the same labels (data hash) and parameters is kept as is:
@@ -102,9 +119,14 @@ def train(label_paths: list[str], out_dir: str, params: TrainParams = TrainParam
 
     labels = read_labels(label_paths)
     previous = storage.read_json(os.path.join(out_dir, METRICS_FILE))
-    if (not force and previous and previous.get("data_hash") == labels.data_hash()
-            and previous.get("params") == asdict(params) and os.path.isfile(previous.get("model", ""))
-            and previous.get("label_source") == (label_source or labels.source_description())):
+    if (
+        not force
+        and previous
+        and previous.get("data_hash") == labels.data_hash()
+        and previous.get("params") == asdict(params)
+        and os.path.isfile(previous.get("model", ""))
+        and previous.get("label_source") == (label_source or labels.source_description())
+    ):
         return {**previous, "up_to_date": True}
     targets = _targets(labels, params)
     truth = np.asarray(labels.scores) >= params.threshold
@@ -113,7 +135,10 @@ def train(label_paths: list[str], out_dir: str, params: TrainParams = TrainParam
     train_idx, valid_idx = np.flatnonzero(~valid), np.flatnonzero(valid)
     for part, idx in (("training", train_idx), ("validation", valid_idx)):
         if len(idx) == 0:
-            raise UserError(f"{labels.where}: the {part} split is empty ({len(set(labels.groups))} groups); add more groups or change --valid-fraction")
+            raise UserError(
+                f"{labels.where}: the {part} split is empty ({len(set(labels.groups))} groups); add more "
+                "groups or change --valid-fraction"
+            )
         _check_classes(labels, truth[idx], params.threshold, part)
 
     os.makedirs(out_dir, exist_ok=True)
@@ -123,13 +148,27 @@ def train(label_paths: list[str], out_dir: str, params: TrainParams = TrainParam
         fit_idx = _balanced(train_idx, targets) if params.balance else train_idx
         _write_fasttext_file(train_file, [targets[i] for i in fit_idx], [labels.texts[i] for i in fit_idx])
         kwargs = dict(
-            input=train_file, epoch=params.epoch, lr=params.lr, wordNgrams=params.word_ngrams, dim=params.dim,
-            bucket=params.bucket, minCount=params.min_count, seed=params.seed, thread=1, verbose=0,
+            input=train_file,
+            epoch=params.epoch,
+            lr=params.lr,
+            wordNgrams=params.word_ngrams,
+            dim=params.dim,
+            bucket=params.bucket,
+            minCount=params.min_count,
+            seed=params.seed,
+            thread=1,
+            verbose=0,
         )  # one thread: fastText's training is deterministic only single-threaded
         if params.autotune_s > 0:
-            kwargs.update(_autotune_files(tmp, labels, targets, train_idx, params), autotuneDuration=params.autotune_s)
+            kwargs.update(
+                _autotune_files(tmp, labels, targets, train_idx, params), autotuneDuration=params.autotune_s
+            )
             # autotune picks these itself; a fixed bucket crashed fastText 0.9.3's autotune (SIGFPE) here
-            kwargs = {k: v for k, v in kwargs.items() if k not in ("epoch", "lr", "wordNgrams", "dim", "bucket", "minCount")}
+            kwargs = {
+                k: v
+                for k, v in kwargs.items()
+                if k not in ("epoch", "lr", "wordNgrams", "dim", "bucket", "minCount")
+            }
         model, used = _fit(fasttext, kwargs)
         if params.quantize:  # no retraining: it took longer than training and changed the metrics by < 0.01
             model.quantize(qnorm=True, retrain=False, cutoff=0, thread=1, verbose=0)
@@ -149,9 +188,18 @@ def train(label_paths: list[str], out_dir: str, params: TrainParams = TrainParam
         "bad_examples": labels.bad_examples,
         "params": asdict(params),
         # a loaded model does not keep its training lr and seed: those given to the training that succeeded
-        "fasttext_args": {**{k: getattr(model.f.getArgs(), k) for k in ("epoch", "lr", "wordNgrams", "dim", "bucket", "minCount", "seed")},
-                          **{k: used[k] for k in ("epoch", "lr", "seed") if k in used}},
-        "split": {"by": "group (the `group` column, else the URL's host, else the id)", "valid_fraction": params.valid_fraction, "seed": params.seed},
+        "fasttext_args": {
+            **{
+                k: getattr(model.f.getArgs(), k)
+                for k in ("epoch", "lr", "wordNgrams", "dim", "bucket", "minCount", "seed")
+            },
+            **{k: used[k] for k in ("epoch", "lr", "seed") if k in used},
+        },
+        "split": {
+            "by": "group (the `group` column, else the URL's host, else the id)",
+            "valid_fraction": params.valid_fraction,
+            "seed": params.seed,
+        },
         "train_counts": _counts(labels, targets, train_idx),
         "valid_counts": _counts(labels, targets, valid_idx),
         "train_s": round(train_s, 2),
@@ -164,7 +212,8 @@ def train(label_paths: list[str], out_dir: str, params: TrainParams = TrainParam
 
 def _balanced(idx: np.ndarray, targets: list[str]) -> np.ndarray:
     """Oversample: each label's documents repeated (cyclically) up to the commonest label's count, in a fixed
-    order. fastText has no class weights; without this, on the 6:1 bundled labels, 18-19 of 19 validation negatives scored above 0.5."""
+    order. fastText has no class weights; without this, on the 6:1 bundled labels, 18-19 of 19 validation
+    negatives scored above 0.5."""
     by_label: dict[str, list[int]] = {}
     for i in idx:
         by_label.setdefault(targets[i], []).append(int(i))
@@ -209,18 +258,28 @@ def _fit(fasttext, kwargs: dict):
             raise UserError(f"fastText autotune: {err}")
         if "NaN" not in err:
             raise RuntimeError(err)
-        print(f"fastText diverged (seed {args['seed']}); retrying with the next seed" + (f" at lr {lr / 2:g}" if lr else ""))
+        print(
+            f"fastText diverged (seed {args['seed']}); retrying with the next seed"
+            + (f" at lr {lr / 2:g}" if lr else "")
+        )
         if lr is not None:  # autotune picks its own rate: there only the seed changes, as before
             lr /= 2
-    raise UserError(f"fastText diverged on 5 tries (learning rate {kwargs.get('lr', 'autotuned')} halved each time) with {kwargs}; lower --lr")
+    raise UserError(
+        f"fastText diverged on 5 tries (learning rate {kwargs.get('lr', 'autotuned')} halved each time) with "
+        f"{kwargs}; lower --lr"
+    )
 
 
-def _autotune_files(tmp: str, labels: Labels, targets: list[str], train_idx: np.ndarray, params: TrainParams) -> dict:
+def _autotune_files(
+    tmp: str, labels: Labels, targets: list[str], train_idx: np.ndarray, params: TrainParams
+) -> dict:
     """Autotune tunes on a split of the training groups, never on the validation split it is reported on."""
     tune = np.array([in_validation(labels.groups[i], 0.25, params.seed + 1) for i in train_idx])
     fit, dev = train_idx[~tune], train_idx[tune]
     if len(dev) == 0 or len(fit) == 0:
-        raise UserError(f"{labels.where}: too few groups to autotune (need a tuning split of the training groups)")
+        raise UserError(
+            f"{labels.where}: too few groups to autotune (need a tuning split of the training groups)"
+        )
     if params.balance:
         fit = _balanced(fit, targets)
     fit_file, dev_file = os.path.join(tmp, "fit.txt"), os.path.join(tmp, "dev.txt")

@@ -97,9 +97,12 @@ def _explain(err: dict) -> str:
 
 
 def parse_config(data: object, source: str = "<config>") -> Config:
-    """Validate a parsed YAML document; raise UserError naming `source`, each key path and what was expected."""
+    """Validate a parsed YAML document; raise UserError naming `source`, each key path and what was
+    expected."""
     if not isinstance(data, dict):
-        raise UserError(f"{source}: expected a mapping of sections (run, ray, ingest, ...), got {type(data).__name__}")
+        raise UserError(
+            f"{source}: expected a mapping of sections (run, ray, ingest, ...), got {type(data).__name__}"
+        )
     try:
         return Config.model_validate(data)
     except ValidationError as e:

@@ -23,8 +23,11 @@ def _describe(path: str) -> list[str]:
         return [f"{path}\0{info.size}\0{info.mtime_ns}"]
     if info.type == pafs.FileType.Directory:
         found = fs.get_file_info(pafs.FileSelector(p, recursive=True))
-        return [f"{path}/{i.path[len(p):].lstrip('/')}\0{i.size}\0{i.mtime_ns}"
-                for i in sorted(found, key=lambda i: i.path) if i.type == pafs.FileType.File]
+        return [
+            f"{path}/{i.path[len(p) :].lstrip('/')}\0{i.size}\0{i.mtime_ns}"
+            for i in sorted(found, key=lambda i: i.path)
+            if i.type == pafs.FileType.File
+        ]
     return [f"{path}\0not a file"]
 
 

@@ -1,4 +1,5 @@
-"""Runs stages in order on Ray, writes each stage atomically with its `_stage.json`, and skips unchanged stages.
+"""Runs stages in order on Ray, writes each stage atomically with its `_stage.json`, and skips unchanged
+stages.
 
 A stage directory counts as complete only when its `_stage.json` says so. The stage writes into a
 temporary directory that is moved into place when everything is written, and the record is written
@@ -110,7 +111,9 @@ def write_docs(docs: "ray.data.Dataset", work_dir: str) -> tuple[int, dict[str, 
         fs, path = storage.resolve(storage.join(work_dir, "part-empty.parquet"))
         pq.write_table(schema.empty_table(), path, filesystem=fs)
     if counts:
-        docs.map_batches(_dropped, batch_format="pyarrow").write_parquet(storage.join(work_dir, "dropped"), min_bytes_per_file=PART_MIN_BYTES)
+        docs.map_batches(_dropped, batch_format="pyarrow").write_parquet(
+            storage.join(work_dir, "dropped"), min_bytes_per_file=PART_MIN_BYTES
+        )
     return docs_out, dict(sorted(counts.items())), words_out
 
 
@@ -128,7 +131,9 @@ def run_stage(stage: Stage, config: Config, fingerprint: str) -> dict:
     work_dir = storage.join(output, f".{stage.name}.tmp-{uuid.uuid4().hex[:8]}")
     storage.make_dir(work_dir)
     t0 = time.time()
-    result: StageOutput = stage.run(StageContext(stage.name, config, output, work_dir, lambda up: read_docs(output, up)))
+    result: StageOutput = stage.run(
+        StageContext(stage.name, config, output, work_dir, lambda up: read_docs(output, up))
+    )
     if result.docs is not None:
         docs_out, dropped, words = write_docs(result.docs, work_dir)
         docs_in = result.docs_in if result.docs_in is not None else docs_out + sum(dropped.values())
@@ -137,7 +142,9 @@ def run_stage(stage: Stage, config: Config, fingerprint: str) -> dict:
         docs_out, dropped, tokens = result.docs_out, result.dropped or {}, result.tokens_out or 0
         docs_in = result.docs_in
     if docs_in != docs_out + sum(dropped.values()):
-        raise RuntimeError(f"stage {stage.name} lost documents: in {docs_in}, out {docs_out}, dropped {dropped}")
+        raise RuntimeError(
+            f"stage {stage.name} lost documents: in {docs_in}, out {docs_out}, dropped {dropped}"
+        )
     final = stage_dir(output, stage.name)
     storage.replace_dir(work_dir, final)
     record = {

@@ -30,5 +30,6 @@ def stable_id(*parts: object) -> str:
 
 
 def count_words(texts) -> pa.Array:
-    """Whitespace-separated words per text (null counts 0): the `tokens_out` of text stages and annotate's `n_words`."""
+    """Whitespace-separated words per text (null counts 0): the `tokens_out` of text stages and annotate's
+    `n_words`."""
     return pc.cast(pc.count_substring_regex(pc.fill_null(texts, ""), r"\S+"), pa.int64())

@@ -5,7 +5,8 @@ train_handoff/, or any other) can read a mix with it alone.
 
 Layout of the `.idx` file (megatron/core/datasets/indexed_dataset.py, `_IndexWriter`):
     b"MMIDIDX\\x00\\x00" | <Q version = 1 | <B dtype code | <Q sequence count n | <Q document count n + 1
-    | int32 sizes[n] | int64 byte pointers[n] | int64 document indices[n + 1] (0, 1, ..., n: one sequence per document)
+    | int32 sizes[n] | int64 byte pointers[n] | int64 document indices[n + 1] (0, 1, ..., n: one sequence per
+    document)
 The `.bin` file is the documents' token ids back to back in that dtype.
 
 Writing uses datatrove's `MegatronTokenizedFile` (local or object-store paths through fsspec). Reading is
@@ -27,7 +28,16 @@ import pyarrow.fs as pafs
 
 HEADER = b"MMIDIDX\x00\x00"
 VERSION = 1
-DTYPE_CODES = {1: np.uint8, 2: np.int8, 3: np.int16, 4: np.int32, 5: np.int64, 6: np.float64, 7: np.float32, 8: np.uint16}
+DTYPE_CODES = {
+    1: np.uint8,
+    2: np.int8,
+    3: np.int16,
+    4: np.int32,
+    5: np.int64,
+    6: np.float64,
+    7: np.float32,
+    8: np.uint16,
+}
 _PREAMBLE = struct.Struct("<9sQBQQ")  # header, version, dtype code, sequence count, document count: 34 bytes
 
 
@@ -79,11 +89,15 @@ class IndexedDataset:
         idx_path, bin_path = self.prefix + ".idx", self.prefix + ".bin"
         for p in (idx_path, bin_path):
             if not os.path.isfile(p):
-                raise ShardError(f"{p}: missing (a Megatron shard is a .bin and an .idx with the same prefix)")
+                raise ShardError(
+                    f"{p}: missing (a Megatron shard is a .bin and an .idx with the same prefix)"
+                )
         with open(idx_path, "rb") as f:
             raw = f.read(_PREAMBLE.size)
         if len(raw) < _PREAMBLE.size:
-            raise ShardError(f"{idx_path}: {len(raw)} bytes, shorter than the {_PREAMBLE.size}-byte Megatron index header")
+            raise ShardError(
+                f"{idx_path}: {len(raw)} bytes, shorter than the {_PREAMBLE.size}-byte Megatron index header"
+            )
         header, version, code, n, n_docs = _PREAMBLE.unpack(raw)
         if header != HEADER:
             raise ShardError(f"{idx_path}: header {header!r} is not Megatron's {HEADER!r}")
@@ -95,7 +109,9 @@ class IndexedDataset:
         expected = _PREAMBLE.size + n * (4 + 8) + n_docs * 8
         size = os.path.getsize(idx_path)
         if size < expected:
-            raise ShardError(f"{idx_path}: {size} bytes, but {n} sequences and {n_docs} document indices need {expected}")
+            raise ShardError(
+                f"{idx_path}: {size} bytes, but {n} sequences and {n_docs} document indices need {expected}"
+            )
         idx = np.memmap(idx_path, mode="r", dtype=np.uint8)
         self.sizes = np.frombuffer(idx, np.int32, n, _PREAMBLE.size)
         self.pointers = np.frombuffer(idx, np.int64, n, _PREAMBLE.size + 4 * n)
@@ -104,10 +120,13 @@ class IndexedDataset:
         bin_size = os.path.getsize(bin_path)
         if bin_size != n_tokens * self.dtype.itemsize:
             raise ShardError(
-                f"{bin_path}: {bin_size} bytes, but the index lists {n_tokens} tokens of {self.dtype.itemsize} bytes"
+                f"{bin_path}: {bin_size} bytes, but the index lists {n_tokens} tokens of "
+                f"{self.dtype.itemsize} bytes"
             )
         self.tokens = np.memmap(bin_path, mode="r", dtype=self.dtype) if n_tokens else np.zeros(0, self.dtype)
-        self.starts = np.concatenate([[0], np.cumsum(self.sizes, dtype=np.int64)[:-1]]) if n else np.zeros(0, np.int64)
+        self.starts = (
+            np.concatenate([[0], np.cumsum(self.sizes, dtype=np.int64)[:-1]]) if n else np.zeros(0, np.int64)
+        )
         if n and not np.array_equal(self.pointers, self.starts * self.dtype.itemsize):
             raise ShardError(f"{idx_path}: sequence pointers do not follow the sizes (not a contiguous .bin)")
 
@@ -136,7 +155,8 @@ class PackedSequences:
             raise ValueError(f"seq_len must be at least 1, got {seq_len}")
         self.shards = [s if isinstance(s, IndexedDataset) else IndexedDataset(s) for s in shards]
         self.seq_len = seq_len
-        self.offsets = np.cumsum([0] + [s.num_tokens for s in self.shards], dtype=np.int64)  # stream start of each shard
+        # stream start of each shard
+        self.offsets = np.cumsum([0] + [s.num_tokens for s in self.shards], dtype=np.int64)
         total = int(self.offsets[-1])
         self.n = max(0, (total - 1) // seq_len)
 
@@ -164,20 +184,26 @@ class PackedSequences:
 
     def batch(self, indices) -> np.ndarray:
         """[len(indices), seq_len + 1] token ids."""
-        return np.stack([self[int(i)] for i in indices]) if len(indices) else np.zeros((0, self.seq_len + 1), np.int64)
+        return (
+            np.stack([self[int(i)] for i in indices])
+            if len(indices)
+            else np.zeros((0, self.seq_len + 1), np.int64)
+        )
 
 
 MANIFEST = "manifest.json"  # per phase: what the shards hold (DESIGN.md "Contracts")
 MANIFEST_KEYS = ("phase", "tokenizer", "vocab_size", "tokens", "sources", "shards")
 DOCUMENTS = "documents.parquet"  # per phase: which document of which source sits where in the shards
-DOCUMENTS_SCHEMA = pa.schema([
-    ("shard", pa.int32()),  # index into the manifest's `shards`
-    ("index", pa.int64()),  # the document's position in that shard
-    ("source", pa.string()),  # the recipe source it was drawn for
-    ("id", pa.string()),  # the document's id in the pipeline
-    ("doc_source", pa.string()),  # the document's own `source` (e.g. web/python-docs)
-    ("tokens", pa.int64()),
-])
+DOCUMENTS_SCHEMA = pa.schema(
+    [
+        ("shard", pa.int32()),  # index into the manifest's `shards`
+        ("index", pa.int64()),  # the document's position in that shard
+        ("source", pa.string()),  # the recipe source it was drawn for
+        ("id", pa.string()),  # the document's id in the pipeline
+        ("doc_source", pa.string()),  # the document's own `source` (e.g. web/python-docs)
+        ("tokens", pa.int64()),
+    ]
+)
 
 
 def manifest_path(mix_dir: str, phase: str) -> str:
@@ -194,7 +220,9 @@ def write_manifest(out_dir: str, manifest: dict) -> None:
 def read_manifest(mix_dir: str, phase: str) -> dict:
     """A phase's manifest (local path or object-store URI), checked for the keys a trainer needs."""
     path = manifest_path(mix_dir, phase)
-    fs, p = (pafs.FileSystem.from_uri(path) if "://" in path else (pafs.LocalFileSystem(), os.path.abspath(path)))
+    fs, p = (
+        pafs.FileSystem.from_uri(path) if "://" in path else (pafs.LocalFileSystem(), os.path.abspath(path))
+    )
     if fs.get_file_info(p).type != pafs.FileType.File:
         raise ShardError(
             f"{path}: no manifest; the mix stage writes it: run it first (phicurate run CONFIG --stages mix, "

@@ -22,7 +22,9 @@ class StageContext:
     config: "Config"
     output: str  # the run's output directory
     work_dir: str  # where this stage may write extra files; it becomes OUTPUT/<stage>/ on success
-    read: Callable[[str], "ray.data.Dataset"]  # kept documents of an upstream stage (one of the registry's inputs)
+    read: Callable[
+        [str], "ray.data.Dataset"
+    ]  # kept documents of an upstream stage (one of the registry's inputs)
 
     @property
     def section(self) -> Any:
@@ -32,12 +34,14 @@ class StageContext:
 
 @dataclass
 class StageOutput:
-    docs: "ray.data.Dataset | None"  # every document with `drop_reason` (null = kept); None if the stage wrote its own files
+    # every document with `drop_reason` (null = kept); None if the stage wrote its own files
+    docs: "ray.data.Dataset | None"
     docs_in: int | None = None  # default: the number of documents in `docs`
     docs_out: int | None = None  # only for stages that write their own files (docs is None)
     dropped: dict[str, int] | None = None  # idem
     tokens_out: int | None = None  # default: whitespace-separated words of the kept texts
-    details: dict = field(default_factory=dict)  # stage-specific figures, stored under "details" in _stage.json
+    # stage-specific figures, stored under "details" in _stage.json
+    details: dict = field(default_factory=dict)
 
 
 @dataclass(frozen=True)

@@ -73,7 +73,8 @@ def make_dir(uri: str) -> None:
 
 
 def replace_dir(src: str, dst: str) -> None:
-    """Move a finished stage directory into place: a rename on local disk, a copy-then-delete on object stores."""
+    """Move a finished stage directory into place: a rename on local disk, a copy-then-delete on object
+    stores."""
     fs, src_path = resolve(src)
     _, dst_path = resolve(dst)
     if fs.get_file_info(dst_path).type == pafs.FileType.Directory:

@@ -31,11 +31,18 @@ def load_tokenizer(name_or_path: str):
 
     looks_like_path = name_or_path.startswith((".", "/", "~")) or name_or_path.count("/") > 1
     if looks_like_path and not os.path.isdir(name_or_path):
-        raise UserError(f"tokenizer '{name_or_path}': no such directory (give a local directory or a Hub id like {PHI3_HUB})")
+        raise UserError(
+            f"tokenizer '{name_or_path}': no such directory (give a local directory or a Hub id like "
+            f"{PHI3_HUB})"
+        )
     try:
         tok = PreTrainedTokenizerFast.from_pretrained(name_or_path)
     except (OSError, ValueError) as e:
-        where = "directory" if os.path.isdir(name_or_path) else "Hugging Face Hub id (is the Hub reachable, or the model cached?)"
+        where = (
+            "directory"
+            if os.path.isdir(name_or_path)
+            else "Hugging Face Hub id (is the Hub reachable, or the model cached?)"
+        )
         raise UserError(
             f"tokenizer '{name_or_path}': cannot load it as a {where}: {e}. "
             f"Offline, use the bundled Phi-3 tokenizer: {os.path.relpath(PHI3_OFFLINE)}"
@@ -56,7 +63,8 @@ def encode_with_eos(tok, texts: list[str]) -> list[list[int]]:
 
 
 def encode_plain(backend, eos: int, texts: list[str]) -> list[list[int]]:
-    """`encode_with_eos` on a bare `tokenizers.Tokenizer` (what Ray workers get, without importing transformers)."""
+    """`encode_with_eos` on a bare `tokenizers.Tokenizer` (what Ray workers get, without importing
+    transformers)."""
     return [e.ids + [eos] for e in backend.encode_batch_fast(texts, add_special_tokens=False)]
 
 

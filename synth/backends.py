@@ -55,7 +55,8 @@ class SamplingConfig(Section):
 
     max_tokens: int = Field(1024, ge=1)  # tokens generated per prompt at most
     temperature: float = Field(0.8, ge=0)  # sampling temperature (0: greedy)
-    top_p: float = Field(0.95, gt=0, le=1)  # nucleus sampling: the smallest token set with this much probability
+    # nucleus sampling: the smallest token set with this much probability
+    top_p: float = Field(0.95, gt=0, le=1)
     seed: int = 0  # mixed with each prompt id into a per-prompt seed: the same prompt gives the same text
     stop: list[str] = []  # extra stop strings
 
@@ -71,14 +72,17 @@ class VLLMConfig(Section):
     max_model_len: int | None = Field(None, ge=16)  # context length; default: the model's
     dtype: str = "auto"  # weights dtype passed to vLLM ("auto": the checkpoint's own)
     enforce_eager: bool = False  # skip torch.compile/CUDA graphs: faster start, slower decode
-    batch_size: int = Field(64, ge=1)  # prompts per UDF call, four in flight per engine (and cached per batch)
-    engine_kwargs: dict = {}  # any other vLLM engine argument (`AsyncEngineArgs`, the same as `vllm.LLM` takes)
+    # prompts per UDF call, four in flight per engine (and cached per batch)
+    batch_size: int = Field(64, ge=1)
+    # any other vLLM engine argument (`AsyncEngineArgs`, the same as `vllm.LLM` takes)
+    engine_kwargs: dict = {}
 
     @model_validator(mode="after")
     def _gpus_cover_tp(self) -> "VLLMConfig":
         if self.num_gpus and self.num_gpus < self.tensor_parallel_size:
             raise ValueError(
-                f"num_gpus ({self.num_gpus}) must be at least tensor_parallel_size ({self.tensor_parallel_size}): "
+                f"num_gpus ({self.num_gpus}) must be at least tensor_parallel_size "
+                f"({self.tensor_parallel_size}): "
                 "one engine holds all its shards' GPUs"
             )
         return self
@@ -99,7 +103,8 @@ class OpenAIConfig(Section):
 class BackendConfig(Section):
     """Which LLM generates, and how."""
 
-    kind: Literal["vllm", "openai"] = "vllm"  # vllm: an in-process engine per Ray actor; openai: an OpenAI-compatible endpoint (vllm serve)
+    # vllm: an in-process engine per Ray actor; openai: an OpenAI-compatible endpoint (vllm serve)
+    kind: Literal["vllm", "openai"] = "vllm"
     model: str  # HF id or local path (vllm), the served model name (openai), or tiny-phi3 (built locally)
     chat: bool = True  # send prompts as a user message through the model's chat template
     sampling: SamplingConfig = SamplingConfig()
@@ -115,7 +120,9 @@ class BackendConfig(Section):
 
 def generation_key(cfg: BackendConfig) -> str:
     """What makes a generation reusable: model, chat mode and sampling (not the engine layout)."""
-    blob = json.dumps({"model": cfg.model, "chat": cfg.chat, "sampling": cfg.sampling.model_dump()}, sort_keys=True)
+    blob = json.dumps(
+        {"model": cfg.model, "chat": cfg.chat, "sampling": cfg.sampling.model_dump()}, sort_keys=True
+    )
     return hashlib.sha256(blob.encode()).hexdigest()[:16]
 
 
@@ -156,42 +163,55 @@ class VLLMGenerator:
         v = cfg.vllm
         self.cfg = cfg
         self.cache_dir = cache_dir
-        self.engine = AsyncLLMEngine.from_engine_args(AsyncEngineArgs(
-            model=model,
-            tensor_parallel_size=v.tensor_parallel_size,
-            gpu_memory_utilization=v.gpu_memory_utilization,
-            max_model_len=v.max_model_len,
-            dtype=v.dtype,
-            enforce_eager=v.enforce_eager,
-            seed=cfg.sampling.seed,
-            disable_log_stats=True,
-            **v.engine_kwargs,
-        ))
+        self.engine = AsyncLLMEngine.from_engine_args(
+            AsyncEngineArgs(
+                model=model,
+                tensor_parallel_size=v.tensor_parallel_size,
+                gpu_memory_utilization=v.gpu_memory_utilization,
+                max_model_len=v.max_model_len,
+                dtype=v.dtype,
+                enforce_eager=v.enforce_eager,
+                seed=cfg.sampling.seed,
+                disable_log_stats=True,
+                **v.engine_kwargs,
+            )
+        )
         self.tokenizer = self.engine.get_tokenizer()
 
     async def _one(self, pid: str, prompt: str) -> tuple:
         from vllm import SamplingParams
 
         s = self.cfg.sampling
-        params = SamplingParams(max_tokens=s.max_tokens, temperature=s.temperature, top_p=s.top_p,
-                                stop=s.stop or None, seed=prompt_seed(pid, s.seed))
+        params = SamplingParams(
+            max_tokens=s.max_tokens,
+            temperature=s.temperature,
+            top_p=s.top_p,
+            stop=s.stop or None,
+            seed=prompt_seed(pid, s.seed),
+        )
         try:
             if self.cfg.chat:  # the model's chat template, tokenized as `LLM.chat` does it
-                ids = self.tokenizer.apply_chat_template([{"role": "user", "content": prompt}],
-                                                         add_generation_prompt=True, tokenize=True, return_dict=False)
+                ids = self.tokenizer.apply_chat_template(
+                    [{"role": "user", "content": prompt}],
+                    add_generation_prompt=True,
+                    tokenize=True,
+                    return_dict=False,
+                )
                 request = {"prompt_token_ids": list(ids)}
             else:
                 request = {"prompt": prompt}
             final = None
-            async for final in self.engine.generate(request, params, request_id=pid):
-                pass
+            async for output in self.engine.generate(request, params, request_id=pid):
+                final = output  # the last streamed output holds the whole generation
         except Exception as e:  # e.g. longer than the context: recorded, retried by the next run
             return None, 0, None, f"{type(e).__name__}: {e or repr(e.__cause__)}"
         out = final.outputs[0]
         return out.text, len(out.token_ids), out.finish_reason, None
 
     async def __call__(self, batch: pa.Table) -> pa.Table:
-        rows = await asyncio.gather(*(self._one(i, p) for i, p in zip(batch["id"].to_pylist(), batch["prompt"].to_pylist())))
+        rows = await asyncio.gather(
+            *(self._one(i, p) for i, p in zip(batch["id"].to_pylist(), batch["prompt"].to_pylist()))
+        )
         out = _results(batch, list(rows))
         if self.cache_dir:
             await asyncio.to_thread(cache.write_part, self.cache_dir, out)
@@ -209,14 +229,21 @@ class OpenAIGenerator:
         key = os.environ.get(o.api_key_env, "") if o.api_key_env else ""
         self.cfg = cfg
         self.model = model
-        self.client = openai.OpenAI(base_url=o.base_url, api_key=key or "none", timeout=o.timeout_s,
-                                    max_retries=o.max_retries)
+        self.client = openai.OpenAI(
+            base_url=o.base_url, api_key=key or "none", timeout=o.timeout_s, max_retries=o.max_retries
+        )
         self.pool = ThreadPoolExecutor(o.concurrency)
 
     def _one(self, pid: str, prompt: str) -> tuple:
         s = self.cfg.sampling
-        kw = dict(model=self.model, max_tokens=s.max_tokens, temperature=s.temperature, top_p=s.top_p,
-                  stop=s.stop or None, seed=prompt_seed(pid, s.seed))
+        kw = dict(
+            model=self.model,
+            max_tokens=s.max_tokens,
+            temperature=s.temperature,
+            top_p=s.top_p,
+            stop=s.stop or None,
+            seed=prompt_seed(pid, s.seed),
+        )
         try:
             if self.cfg.chat:
                 r = self.client.chat.completions.create(messages=[{"role": "user", "content": prompt}], **kw)
@@ -230,7 +257,9 @@ class OpenAIGenerator:
         return text, tokens, r.choices[0].finish_reason, None
 
     def __call__(self, batch: pa.Table) -> pa.Table:
-        out = _results(batch, list(self.pool.map(self._one, batch["id"].to_pylist(), batch["prompt"].to_pylist())))
+        out = _results(
+            batch, list(self.pool.map(self._one, batch["id"].to_pylist(), batch["prompt"].to_pylist()))
+        )
         if self.cache_dir:
             cache.write_part(self.cache_dir, out)
         return out
@@ -241,13 +270,22 @@ def _map_generator(ds, cfg: BackendConfig, cache_dir: str | None):
     if cfg.kind == "vllm":
         v = cfg.vllm
         return ds.map_batches(
-            VLLMGenerator, fn_constructor_args=(cfg, model, cache_dir), batch_size=v.batch_size,
-            batch_format="pyarrow", concurrency=v.concurrency, num_gpus=v.num_gpus, num_cpus=v.num_cpus,
+            VLLMGenerator,
+            fn_constructor_args=(cfg, model, cache_dir),
+            batch_size=v.batch_size,
+            batch_format="pyarrow",
+            concurrency=v.concurrency,
+            num_gpus=v.num_gpus,
+            num_cpus=v.num_cpus,
         )
     o = cfg.openai
     return ds.map_batches(
-        OpenAIGenerator, fn_constructor_args=(cfg, model, cache_dir), batch_size=o.batch_size,
-        batch_format="pyarrow", concurrency=o.actors, num_cpus=0.5,
+        OpenAIGenerator,
+        fn_constructor_args=(cfg, model, cache_dir),
+        batch_size=o.batch_size,
+        batch_format="pyarrow",
+        concurrency=o.actors,
+        num_cpus=0.5,
     )
 
 

@@ -42,7 +42,8 @@ def write_part(cache_dir: str, table: pa.Table) -> None:
 
 
 def read(cache_dir: str) -> pa.Table:
-    """Every cached generation, one row per prompt id (the first part wins if a prompt was generated twice)."""
+    """Every cached generation, one row per prompt id (the first part wins if a prompt was generated
+    twice)."""
     parts = storage.list_files(cache_dir, suffix=".parquet")
     if not parts:
         return CACHE_SCHEMA.empty_table()

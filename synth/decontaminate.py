@@ -36,7 +36,8 @@ _HASH = create_hash_func(HashConfig())
 class BenchmarkFile(Section):
     path: str  # a JSONL test set (.gz/.zst/.bz2 read by name), one item per line
     name: str | None = None  # shown in drop_detail; default: the file name without extensions
-    fields: list[str] = Field(default=["text"], min_length=1)  # joined into an item's text, e.g. [prompt, canonical_solution]
+    # joined into an item's text, e.g. [prompt, canonical_solution]
+    fields: list[str] = Field(default=["text"], min_length=1)
     id_field: str | None = None  # the item's id in drop_detail; default: its line number
 
 
@@ -52,7 +53,8 @@ class DecontaminationConfig(Section):
 
 
 def words(text: str) -> list[str]:
-    """Lower-cased words without punctuation, numbers and diacritics normalized (datatrove's simplify_text)."""
+    """Lower-cased words without punctuation, numbers and diacritics normalized (datatrove's
+    simplify_text)."""
     return simplify_text(text, _NORM).split()
 
 

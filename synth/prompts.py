@@ -25,7 +25,8 @@ DEFAULT_AUDIENCES = {
 DEFAULT_STYLES = {
     "textbook": (
         "Write an extensive, detailed section of a textbook for {audience} about {seed}. "
-        "Develop each concept in depth, step by step, with concrete examples. Do not add a title or an introduction."
+        "Develop each concept in depth, step by step, with concrete examples. Do not add a title or an "
+        "introduction."
     ),
     "exercises": (
         "Write a set of exercises for {audience} about {seed}, each followed by a fully worked solution "
@@ -42,7 +43,8 @@ DEFAULT_STYLES = {
 }
 TOPIC_SEED = '"{topic}" (a topic in {subject})'
 WEB_SEED = (
-    'the main ideas of the following extract from a web page, without mentioning the extract itself:\n\n"""\n{passage}\n"""\n'
+    "the main ideas of the following extract from a web page, without mentioning the extract itself:"
+    '\n\n"""\n{passage}\n"""\n'
 )
 
 
@@ -52,10 +54,12 @@ def _placeholders(template: str) -> set[str]:
 
 class PromptsConfig(Section):
     audiences: dict[str, str] = Field(default=DEFAULT_AUDIENCES, min_length=1)  # name -> how templates say it
-    styles: dict[str, str] = Field(default=DEFAULT_STYLES, min_length=1)  # name -> template with {seed} and {audience}
+    # name -> template with {seed} and {audience}
+    styles: dict[str, str] = Field(default=DEFAULT_STYLES, min_length=1)
     topic_seed: str = TOPIC_SEED  # how a topic reads in {seed}; uses {topic} and {subject}
     web_seed: str = WEB_SEED  # how a web passage reads in {seed}; uses {passage}
-    cells_per_seed: int | None = Field(None, ge=1)  # audience x style cells per seed, picked by hash; null: all
+    # audience x style cells per seed, picked by hash; null: all
+    cells_per_seed: int | None = Field(None, ge=1)
     samples_per_cell: int = Field(1, ge=1)  # prompts per seed and cell (each sampled with its own seed)
 
     @field_validator("styles")
@@ -63,15 +67,23 @@ class PromptsConfig(Section):
     def _style_placeholders(cls, v: dict[str, str]) -> dict[str, str]:
         for name, t in v.items():
             if _placeholders(t) != {"seed", "audience"}:
-                raise ValueError(f"style '{name}': the template must use exactly {{seed}} and {{audience}}, got {sorted(_placeholders(t))}")
+                raise ValueError(
+                    f"style '{name}': the template must use exactly {{seed}} and {{audience}}, got "
+                    f"{sorted(_placeholders(t))}"
+                )
         return v
 
     @model_validator(mode="after")
     def _seed_placeholders(self) -> "PromptsConfig":
         if not _placeholders(self.topic_seed) <= {"topic", "subject"}:
-            raise ValueError(f"topic_seed may use only {{topic}} and {{subject}}, got {sorted(_placeholders(self.topic_seed))}")
+            raise ValueError(
+                f"topic_seed may use only {{topic}} and {{subject}}, got "
+                f"{sorted(_placeholders(self.topic_seed))}"
+            )
         if _placeholders(self.web_seed) != {"passage"}:
-            raise ValueError(f"web_seed must use {{passage}} and nothing else, got {sorted(_placeholders(self.web_seed))}")
+            raise ValueError(
+                f"web_seed must use {{passage}} and nothing else, got {sorted(_placeholders(self.web_seed))}"
+            )
         return self
 
 
@@ -87,14 +99,25 @@ def build_prompts(seeds: list[Seed], cfg: PromptsConfig) -> list[dict]:
     """One row per prompt: id, prompt, and what it was made of (seed, audience, style, sample)."""
     rows = []
     for seed in seeds:
-        what = (cfg.topic_seed.format(topic=seed.topic, subject=seed.subject) if seed.kind == "topic"
-                else cfg.web_seed.format(passage=seed.passage))
+        what = (
+            cfg.topic_seed.format(topic=seed.topic, subject=seed.subject)
+            if seed.kind == "topic"
+            else cfg.web_seed.format(passage=seed.passage)
+        )
         for audience, style in _cells(seed, cfg):
             prompt = cfg.styles[style].format(seed=what, audience=cfg.audiences[audience])
             for k in range(cfg.samples_per_cell):
-                rows.append({
-                    "id": stable_id("synth", prompt, k), "prompt": prompt, "seed_kind": seed.kind,
-                    "seed_id": seed.seed_id, "subject": seed.subject, "topic": seed.topic,
-                    "audience": audience, "style": style, "sample": k,
-                })
+                rows.append(
+                    {
+                        "id": stable_id("synth", prompt, k),
+                        "prompt": prompt,
+                        "seed_kind": seed.kind,
+                        "seed_id": seed.seed_id,
+                        "subject": seed.subject,
+                        "topic": seed.topic,
+                        "audience": audience,
+                        "style": style,
+                        "sample": k,
+                    }
+                )
     return rows

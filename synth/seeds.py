@@ -22,7 +22,8 @@ class WebSeedsConfig(Section):
     count: int = Field(0, ge=0)  # seed passages sampled from the kept web documents (0: topics only)
     min_edu_score: float | None = 3.0  # only documents with edu_score >= this; null: any kept document
     sources: list[str] | None = None  # only documents of these sources (e.g. web/python-docs); null: all
-    passage_chars: int = Field(1500, ge=100)  # a passage is the document's start, cut at a paragraph or sentence end
+    # a passage is the document's start, cut at a paragraph or sentence end
+    passage_chars: int = Field(1500, ge=100)
     seed: int = 0  # which documents are sampled: same seed and input, same passages
 
 
@@ -40,7 +41,8 @@ def topic_seeds(topics: dict[str, list[str]]) -> list[Seed]:
 
 
 def passage(text: str, limit: int) -> str:
-    """The start of a text, at most `limit` characters, ending at a paragraph break or sentence end if one is near."""
+    """The start of a text, at most `limit` characters, ending at a paragraph break or sentence end if one is
+    near."""
     if len(text) <= limit:
         return text.strip()
     cut = text[:limit]
@@ -75,6 +77,11 @@ def web_seeds(ds, cfg: WebSeedsConfig) -> list[Seed]:
             "give annotate an edu_model, or set synth.seeds.web.min_edu_score: null"
         )
     cols = ["id", "text", "source", "url"] + (["edu_score"] if cfg.min_edu_score is not None else [])
-    rows = ds.select_columns(cols).map_batches(_sample_keys, fn_args=(cfg,), batch_format="pyarrow").take_all()
+    rows = (
+        ds.select_columns(cols).map_batches(_sample_keys, fn_args=(cfg,), batch_format="pyarrow").take_all()
+    )
     rows = sorted(rows, key=lambda r: r["key"])[: cfg.count]
-    return [Seed("web", r["id"], r["source"], r["url"] or "", passage(r["text"] or "", cfg.passage_chars)) for r in rows]
+    return [
+        Seed("web", r["id"], r["source"], r["url"] or "", passage(r["text"] or "", cfg.passage_chars))
+        for r in rows
+    ]

@@ -19,8 +19,17 @@ def open_page(path: str):
 
     opts = webdriver.ChromeOptions()
     opts.binary_location = CHROMIUM
-    for arg in ("--headless=new", "--no-sandbox", "--disable-gpu", "--disable-dev-shm-usage", "--no-first-run",
-                "--disable-background-networking", "--disable-component-update", "--disable-sync", "--disable-quic"):
+    for arg in (
+        "--headless=new",
+        "--no-sandbox",
+        "--disable-gpu",
+        "--disable-dev-shm-usage",
+        "--no-first-run",
+        "--disable-background-networking",
+        "--disable-component-update",
+        "--disable-sync",
+        "--disable-quic",
+    ):
         opts.add_argument(arg)
     opts.set_capability("goog:loggingPrefs", {"browser": "ALL"})
     driver = webdriver.Chrome(service=Service(CHROMEDRIVER), options=opts)
@@ -31,11 +40,13 @@ def open_page(path: str):
 
 def broken_images(driver) -> list[str]:
     return driver.execute_script(
-        "return [...document.images].filter(i => !(i.complete && i.naturalWidth > 0)).map(i => i.src)")
+        "return [...document.images].filter(i => !(i.complete && i.naturalWidth > 0)).map(i => i.src)"
+    )
 
 
 def funnel_numbers(driver) -> dict[str, dict[str, int]]:
     rows = driver.execute_script(
         "return [...document.querySelectorAll('#funnel tr[data-stage]')].map(tr => [tr.dataset.stage,"
-        " [...tr.querySelectorAll('td[data-key]')].map(td => [td.dataset.key, td.textContent])])")
+        " [...tr.querySelectorAll('td[data-key]')].map(td => [td.dataset.key, td.textContent])])"
+    )
     return {stage: {k: int(v) for k, v in cells} for stage, cells in rows}

@@ -94,16 +94,47 @@ def test_edu_score_from_a_fasttext_classifier(ray_local, write_config, corpus, t
     import fasttext
 
     train = tmp_path / "edu.train"
-    pos = ["the water cycle moves water between oceans air and land", "plants take up water through their roots"]
+    pos = [
+        "the water cycle moves water between oceans air and land",
+        "plants take up water through their roots",
+    ]
     neg = ["buy cheap watches online best prices", "click here to subscribe to our newsletter"]
-    train.write_text("".join(f"__label__pos {t}\n" for t in pos * 20) + "".join(f"__label__neg {t}\n" for t in neg * 20))
+    train.write_text(
+        "".join(f"__label__pos {t}\n" for t in pos * 20) + "".join(f"__label__neg {t}\n" for t in neg * 20)
+    )
     model = tmp_path / "edu.bin"
-    # wordNgrams=2 (hashed buckets): with unigrams only, this fastText build diverges (NaN) on such a tiny file
-    fasttext.train_supervised(str(train), epoch=25, lr=0.5, dim=16, wordNgrams=2, bucket=100_000, minCount=1, verbose=0, thread=1, seed=1).save_model(str(model))
+    # wordNgrams=2 (hashed buckets): with unigrams only, this fastText build diverges (NaN) on such a tiny
+    # file
+    fasttext.train_supervised(
+        str(train),
+        epoch=25,
+        lr=0.5,
+        dim=16,
+        wordNgrams=2,
+        bucket=100_000,
+        minCount=1,
+        verbose=0,
+        thread=1,
+        seed=1,
+    ).save_model(str(model))
 
-    cfg = load_config(write_config(_cfg(corpus, {"edu_score": 0.5, "lang": None, "lang_score": None, "gopher_quality": None,
-                                                "gopher_repetition": None, "c4_quality": None, "fineweb_quality": None},
-                                         {"edu_model": str(model)})))
+    cfg = load_config(
+        write_config(
+            _cfg(
+                corpus,
+                {
+                    "edu_score": 0.5,
+                    "lang": None,
+                    "lang_score": None,
+                    "gopher_quality": None,
+                    "gopher_repetition": None,
+                    "c4_quality": None,
+                    "fineweb_quality": None,
+                },
+                {"edu_model": str(model)},
+            )
+        )
+    )
     run_pipeline(cfg, **QUIET)
     scores = {r["text"]: r["edu_score"] for r in _read(cfg.run.output, "annotate")}
     assert scores[GOOD] > 0.5 > scores[REPETITIVE]
@@ -124,7 +155,9 @@ def test_edu_threshold_without_edu_model_is_a_user_error(ray_local, write_config
 def test_bad_select_config_names_the_key(write_config, corpus):
     from pipeline.errors import UserError
 
-    with pytest.raises(UserError, match=r"select\.gopher_repetition\.top_n_grams: .*annotate measures n in \[2, 3, 4\]"):
+    with pytest.raises(
+        UserError, match=r"select\.gopher_repetition\.top_n_grams: .*annotate measures n in \[2, 3, 4\]"
+    ):
         load_config(write_config(_cfg(corpus, {"gopher_repetition": {"top_n_grams": {7: 0.1}}})))
     with pytest.raises(UserError, match=r"annotate\.lid_model: .*not found"):
         load_config(write_config(_cfg(corpus, annotate={"lid_model": "nope.ftz"})))

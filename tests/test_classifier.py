@@ -32,6 +32,7 @@ def write_jsonl(path, rows):
 
 # --- training on real labels --------------------------------------------------------------------
 
+
 @pytest.fixture(scope="module")
 def trained(tmp_path_factory):
     out = tmp_path_factory.mktemp("edu")
@@ -73,7 +74,9 @@ def test_scorer_scores_docs_above_crawl(trained):
     scorer = EduScorer(m["model"])
     assert scorer.kind == "binary"
     labels = read_labels([LABELS])
-    pos = [t for t, s, src in zip(labels.texts, labels.scores, labels.sources) if src == "web/python-docs"][:20]
+    pos = [t for t, s, src in zip(labels.texts, labels.scores, labels.sources) if src == "web/python-docs"][
+        :20
+    ]
     neg = [t for t, s in zip(labels.texts, labels.scores) if s == 0][:20]
     sp, sn = scorer.score(pos), scorer.score(neg)
     assert all(0.0 <= s <= 1.0 for s in sp + sn)
@@ -90,8 +93,13 @@ def test_eval_matches_train_metrics_on_same_docs(trained):
 
 
 def test_per_score_model_gives_expected_rating(tmp_path):
-    rows = [{"text": f"python function argument returns value example {i}", "score": 4, "group": f"d{i}"} for i in range(30)]
-    rows += [{"text": f"buy cheap shoes sale click here now {i}", "score": 0, "group": f"c{i}"} for i in range(30)]
+    rows = [
+        {"text": f"python function argument returns value example {i}", "score": 4, "group": f"d{i}"}
+        for i in range(30)
+    ]
+    rows += [
+        {"text": f"buy cheap shoes sale click here now {i}", "score": 0, "group": f"c{i}"} for i in range(30)
+    ]
     rows += [{"text": f"a short story about my weekend {i}", "score": 2, "group": f"s{i}"} for i in range(30)]
     labels = write_jsonl(tmp_path / "r.jsonl", rows)
     m = train([labels], str(tmp_path / "m"), TrainParams(per_score=True, quantize=False, valid_fraction=0.3))
@@ -103,8 +111,13 @@ def test_per_score_model_gives_expected_rating(tmp_path):
 
 def test_diverged_training_retries_at_half_the_learning_rate(tmp_path):
     """fastText's "Encountered NaN": lr 100 diverges on this set, 50 trains; 1000 fails five times over."""
-    rows = [{"text": f"python function argument returns value example {i}", "score": 4, "group": f"d{i}"} for i in range(30)]
-    rows += [{"text": f"buy cheap shoes sale click here now {i}", "score": 0, "group": f"c{i}"} for i in range(30)]
+    rows = [
+        {"text": f"python function argument returns value example {i}", "score": 4, "group": f"d{i}"}
+        for i in range(30)
+    ]
+    rows += [
+        {"text": f"buy cheap shoes sale click here now {i}", "score": 0, "group": f"c{i}"} for i in range(30)
+    ]
     labels = write_jsonl(tmp_path / "r.jsonl", rows)
     m = train([labels], str(tmp_path / "m"), TrainParams(quantize=False, valid_fraction=0.3, lr=100))
     assert (m["fasttext_args"]["lr"], m["fasttext_args"]["seed"]) == (50, 1)
@@ -113,6 +126,7 @@ def test_diverged_training_retries_at_half_the_learning_rate(tmp_path):
 
 
 # --- bad label sets -----------------------------------------------------------------------------
+
 
 def test_single_class_labels_name_the_file(tmp_path):
     labels = write_jsonl(tmp_path / "one.jsonl", [{"text": f"doc {i}", "score": 4} for i in range(10)])
@@ -128,7 +142,9 @@ def test_empty_labels_name_the_file(tmp_path):
 
 def test_bad_records_are_counted_with_file_and_line(tmp_path):
     path = tmp_path / "mixed.jsonl"
-    path.write_text('{"text": "good", "score": 1}\nnot json\n{"text": "", "score": 1}\n{"text": "x", "score": "high"}\n')
+    path.write_text(
+        '{"text": "good", "score": 1}\nnot json\n{"text": "", "score": 1}\n{"text": "x", "score": "high"}\n'
+    )
     labels = read_labels([str(path)])
     assert len(labels) == 1 and labels.bad == 3
     assert labels.bad_examples[0].startswith(f"{path}:2: not JSON")
@@ -152,6 +168,7 @@ def test_cli_single_class_exits_2(tmp_path, capsys):
 
 # --- metrics ------------------------------------------------------------------------------------
 
+
 def test_roc_auc_known_values():
     assert roc_auc([0, 0, 1, 1], [0.1, 0.2, 0.8, 0.9]) == 1.0
     assert roc_auc([0, 0, 1, 1], [0.9, 0.8, 0.2, 0.1]) == 0.0
@@ -168,26 +185,33 @@ def test_binary_metrics_confusion():
 
 # --- rubric and teacher replies -----------------------------------------------------------------
 
-@pytest.mark.parametrize("reply,score", [
-    ("The extract is a tutorial.\nEducational score: 4", 4),
-    ("**Educational score:** 3/5", 3),
-    ("Educational Score: 5 points", 5),
-    ("Educational score: 0", 0),
-    ("2", 2),
-    ("Educational score: 3. In short, Educational score: 3", 3),
-])
+
+@pytest.mark.parametrize(
+    "reply,score",
+    [
+        ("The extract is a tutorial.\nEducational score: 4", 4),
+        ("**Educational score:** 3/5", 3),
+        ("Educational Score: 5 points", 5),
+        ("Educational score: 0", 0),
+        ("2", 2),
+        ("Educational score: 3. In short, Educational score: 3", 3),
+    ],
+)
 def test_parse_score_accepts(reply, score):
     assert parse_score(reply) == (score, None)
 
 
-@pytest.mark.parametrize("reply,why", [
-    (None, "no reply"),
-    ("   ", "empty reply"),
-    ("I would give it a 4.", "no 'Educational score: N' line"),
-    ("Educational score: 7", "not a whole number from 0 to 5"),
-    ("Educational score: 2.5", "not a whole number from 0 to 5"),
-    ("Educational score: 2\nEducational score: 4", "conflicting scores"),
-])
+@pytest.mark.parametrize(
+    "reply,why",
+    [
+        (None, "no reply"),
+        ("   ", "empty reply"),
+        ("I would give it a 4.", "no 'Educational score: N' line"),
+        ("Educational score: 7", "not a whole number from 0 to 5"),
+        ("Educational score: 2.5", "not a whole number from 0 to 5"),
+        ("Educational score: 2\nEducational score: 4", "conflicting scores"),
+    ],
+)
 def test_parse_score_rejects_without_guessing(reply, why):
     score, reason = parse_score(reply)
     assert score is None and why in reason
@@ -222,6 +246,7 @@ def test_label_replies_keeps_unparsed_aside():
 
 # --- the teacher's backend from the command line ------------------------------------------------
 
+
 def _annotate_args(*argv):
     from pipeline.tools.cli import build_parser
 
@@ -249,11 +274,30 @@ def test_annotate_output_directory_reads_as_labels(tmp_path):
     import pyarrow as pa
     import pyarrow.parquet as pq
 
-    rows = [{"id": "a", "text": "t1", "score": 4, "teacher": "vllm:m", "prompt_version": PROMPT_VERSION, "url": "https://x.org/1"},
-            {"id": "b", "text": "t2", "score": 1, "teacher": "vllm:m", "prompt_version": PROMPT_VERSION, "url": "https://x.org/2"}]
+    rows = [
+        {
+            "id": "a",
+            "text": "t1",
+            "score": 4,
+            "teacher": "vllm:m",
+            "prompt_version": PROMPT_VERSION,
+            "url": "https://x.org/1",
+        },
+        {
+            "id": "b",
+            "text": "t2",
+            "score": 1,
+            "teacher": "vllm:m",
+            "prompt_version": PROMPT_VERSION,
+            "url": "https://x.org/2",
+        },
+    ]
     pq.write_table(pa.Table.from_pylist(rows), tmp_path / "labels.parquet")
     pq.write_table(pa.table({"id": ["c"], "reply": ["no score"]}), tmp_path / "unparsed.parquet")
     (tmp_path / "annotate.json").write_text("{}")
     labels = read_labels([str(tmp_path)])
-    assert labels.texts == ["t1", "t2"] and labels.groups == ["x.org", "x.org"]  # same site: same side of the split
+    assert labels.texts == ["t1", "t2"] and labels.groups == [
+        "x.org",
+        "x.org",
+    ]  # same site: same side of the split
     assert labels.source_description() == f"teacher LLM vllm:m (rubric {PROMPT_VERSION})"

@@ -34,9 +34,17 @@ def test_annotate_through_vllm_tiny_phi3(ray_local, tmp_path):
     backend = BackendConfig(
         model="tiny-phi3",
         sampling={"max_tokens": 24, "temperature": 0.8},
-        vllm={"num_gpus": 0, "gpu_memory_utilization": 0.2, "max_model_len": 2048, "enforce_eager": True, "batch_size": 8},
+        vllm={
+            "num_gpus": 0,
+            "gpu_memory_utilization": 0.2,
+            "max_model_len": 2048,
+            "enforce_eager": True,
+            "batch_size": 8,
+        },
     )
-    summary = annotate(str(tmp_path / "out"), "ingest", 5, backend, str(tmp_path / "labels"), max_doc_chars=1500)
+    summary = annotate(
+        str(tmp_path / "out"), "ingest", 5, backend, str(tmp_path / "labels"), max_doc_chars=1500
+    )
 
     assert summary["sampled"] == 5 and summary["teacher"] == "vllm:tiny-phi3"
     assert summary["labeled"] + summary["unparsed"] == 5
@@ -47,6 +55,8 @@ def test_annotate_through_vllm_tiny_phi3(ray_local, tmp_path):
     assert lab.column_names[:5] == ["id", "text", "score", "teacher", "prompt_version"]
     assert lab.num_rows == summary["labeled"] and aside.num_rows == summary["unparsed"]
     assert set(lab["id"].to_pylist()) | set(aside["id"].to_pylist()) <= {d["id"] for d in docs}
-    assert all(v == PROMPT_VERSION for v in aside["prompt_version"].to_pylist() + lab["prompt_version"].to_pylist())
+    assert all(
+        v == PROMPT_VERSION for v in aside["prompt_version"].to_pylist() + lab["prompt_version"].to_pylist()
+    )
     assert all(r is not None for r in aside["reason"].to_pylist())
     assert json.loads((tmp_path / "labels" / "annotate.json").read_text())["sampled"] == 5

@@ -28,23 +28,44 @@ def _error(cfg: dict, tmp_path) -> str:
         # unknown key, with its path
         ({"ingest": {"inputs": [GOOD_INPUT], "max_doc_byte": 5}}, "ingest.max_doc_byte: unknown key"),
         # wrong type
-        ({"ingest": {"inputs": [GOOD_INPUT], "max_doc_bytes": "big"}}, "ingest.max_doc_bytes: Input should be a valid integer"),
+        (
+            {"ingest": {"inputs": [GOOD_INPUT], "max_doc_bytes": "big"}},
+            "ingest.max_doc_bytes: Input should be a valid integer",
+        ),
         # missing required section
         ({"run": {"name": "x"}}, "ingest: required key is missing"),
         # missing input file
-        ({"ingest": {"inputs": [{"path": "no/such/file.jsonl", "source": "web/x"}]}}, "ingest.inputs[0].path: no file or directory matches 'no/such/file.jsonl'"),
+        (
+            {"ingest": {"inputs": [{"path": "no/such/file.jsonl", "source": "web/x"}]}},
+            "ingest.inputs[0].path: no file or directory matches 'no/such/file.jsonl'",
+        ),
         # impossible value
-        ({"ingest": {"inputs": [GOOD_INPUT], "max_doc_bytes": 0}}, "ingest.max_doc_bytes: Input should be greater than or equal to 1"),
+        (
+            {"ingest": {"inputs": [GOOD_INPUT], "max_doc_bytes": 0}},
+            "ingest.max_doc_bytes: Input should be greater than or equal to 1",
+        ),
         # empty list where one input is needed
         ({"ingest": {"inputs": []}}, "ingest.inputs: List should have at least 1 item"),
         # bad enum value
-        ({"ingest": {"inputs": [{**GOOD_INPUT, "format": "csv"}]}}, "ingest.inputs[0].format: Input should be 'auto', 'warc', 'jsonl' or 'parquet'"),
+        (
+            {"ingest": {"inputs": [{**GOOD_INPUT, "format": "csv"}]}},
+            "ingest.inputs[0].format: Input should be 'auto', 'warc', 'jsonl' or 'parquet'",
+        ),
         # bad source name
-        ({"ingest": {"inputs": [{**GOOD_INPUT, "source": "web crawl"}]}}, "ingest.inputs[0].source: String should match pattern"),
+        (
+            {"ingest": {"inputs": [{**GOOD_INPUT, "source": "web crawl"}]}},
+            "ingest.inputs[0].source: String should match pattern",
+        ),
         # run.stages naming a stage without its section
-        ({"run": {"stages": ["ingest", "mix"]}, "ingest": {"inputs": [GOOD_INPUT]}}, "run.stages names 'mix' but the config has no 'mix' section"),
+        (
+            {"run": {"stages": ["ingest", "mix"]}, "ingest": {"inputs": [GOOD_INPUT]}},
+            "run.stages names 'mix' but the config has no 'mix' section",
+        ),
         # a stage name that does not exist
-        ({"run": {"stages": ["ingest", "clean"]}, "ingest": {"inputs": [GOOD_INPUT]}}, "run.stages[1]: Input should be"),
+        (
+            {"run": {"stages": ["ingest", "clean"]}, "ingest": {"inputs": [GOOD_INPUT]}},
+            "run.stages[1]: Input should be",
+        ),
     ],
 )
 def test_config_errors_name_key_and_expectation(cfg, expected, tmp_path):
@@ -79,6 +100,8 @@ def test_cli_user_error_exits_2_without_traceback(tmp_path):
     assert r.returncode == 2
     assert "ingest.oops: unknown key" in r.stderr
     assert "Traceback" not in r.stderr
-    ok = subprocess.run([sys.executable, "-m", "pipeline", "validate", "configs/demo.yaml"], capture_output=True, text=True)
+    ok = subprocess.run(
+        [sys.executable, "-m", "pipeline", "validate", "configs/demo.yaml"], capture_output=True, text=True
+    )
     assert ok.returncode == 0, ok.stderr
     assert "valid" in ok.stdout

@@ -1,4 +1,5 @@
-"""docs/config.md is generated from the models: it must match them, and every plain field must be explained."""
+"""docs/config.md is generated from the models: it must match them, and every plain field must be
+explained."""
 
 from __future__ import annotations
 
@@ -32,8 +33,11 @@ def test_the_reference_sees_a_changed_default(monkeypatch):
 
 
 def test_config_import_loads_no_engine():
-    """`import pipeline.config` (status, validate, tune, report) must not pull Ray, spaCy, torch, datasketch, vLLM."""
-    code = ("import pipeline.config, sys; "
-            "print(sorted(m for m in ('ray','spacy','torch','datasketch','vllm') if m in sys.modules))")
+    """`import pipeline.config` (status, validate, tune, report) must not pull Ray, spaCy, torch, datasketch,
+    vLLM."""
+    code = (
+        "import pipeline.config, sys; "
+        "print(sorted(m for m in ('ray','spacy','torch','datasketch','vllm') if m in sys.modules))"
+    )
     out = subprocess.run([sys.executable, "-c", code], cwd=ROOT, capture_output=True, text=True, check=True)
     assert out.stdout.strip() == "[]"

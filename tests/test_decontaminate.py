@@ -1,4 +1,5 @@
-"""Decontamination drops a document holding a real HumanEval item and keeps the others, naming the item hit."""
+"""Decontamination drops a document holding a real HumanEval item and keeps the others, naming the item
+hit."""
 
 import gzip
 import json
@@ -23,7 +24,8 @@ def _cfg(**kw):
 
 
 CLEAN = (
-    "Photosynthesis is how plants turn light into chemical energy. In the chloroplasts, light reactions split "
+    "Photosynthesis is how plants turn light into chemical energy. In the chloroplasts, light reactions "
+    "split "
     "water and release oxygen, and the Calvin cycle fixes carbon dioxide into sugars that the plant stores."
 )
 
@@ -39,8 +41,14 @@ def test_drops_the_doc_with_a_humaneval_item_and_keeps_the_clean_one(strict):
     item = _items()[12]
     index = load_index(_cfg(strict=strict))
     assert len(index.items) + index.too_short == 164 and index.n == (10 if strict else 13)
-    table = pa.table({"id": ["leak", "clean", "gone"], "text": [_contaminated(item), CLEAN, _contaminated(item)],
-                      "drop_reason": [None, None, "too_short"], "drop_detail": [None, None, "3 words"]})
+    table = pa.table(
+        {
+            "id": ["leak", "clean", "gone"],
+            "text": [_contaminated(item), CLEAN, _contaminated(item)],
+            "drop_reason": [None, None, "too_short"],
+            "drop_detail": [None, None, "3 words"],
+        }
+    )
     out = mark(table, index).to_pylist()
     assert out[0]["drop_reason"] == "contaminated"
     assert out[0]["drop_detail"].startswith(f"HumanEval:{item['task_id']} (")
@@ -50,7 +58,7 @@ def test_drops_the_doc_with_a_humaneval_item_and_keeps_the_clean_one(strict):
 
 def test_strict_mode_needs_the_diff_to_confirm_a_shared_10gram():
     item = _items()[0]
-    shared = " ".join(item["prompt"].split("\"\"\"")[1].split()[:12])  # 12 words of the docstring, nothing else
+    shared = " ".join(item["prompt"].split('"""')[1].split()[:12])  # 12 words of the docstring, nothing else
     text = f"{CLEAN} As a puzzle book once said: {shared}. {CLEAN}"
     assert load_index(_cfg(ngram=10)).find(text) is not None  # plain 10-gram mode flags it
     assert load_index(_cfg(strict=True)).find(text) is None  # the diff finds too little of the item

@@ -13,7 +13,6 @@ import pytest
 import zstandard
 from datasketch import MinHashLSH
 
-from pipeline.tools import cli
 from pipeline.config import parse_config
 from pipeline.runner import write_docs
 from pipeline.stage import StageContext
@@ -22,6 +21,7 @@ from pipeline.stages.dedup.config import DedupConfig
 from pipeline.stages.dedup.core import dedup_dataset
 from pipeline.stages.dedup.minhash import shingles
 from pipeline.stages.dedup.params import bands_rows_for, detection_probability
+from pipeline.tools import cli
 from tests.conftest import DATA
 
 OSE = DATA / "demo" / "onestopenglish.jsonl.zst"
@@ -35,7 +35,8 @@ def ose_rows() -> list[dict]:
 
 
 def articles(level: str, n: int) -> list[dict]:
-    """Real OneStopEnglish articles of one reading level (Adv, Int, Ele), in file order, without the copies."""
+    """Real OneStopEnglish articles of one reading level (Adv, Int, Ele), in file order, without the
+    copies."""
     return [r for r in ose_rows() if f"/{level}-Txt/" in r["id"] and "/Int-Txt/Int-Txt/" not in r["id"]][:n]
 
 
@@ -66,7 +67,10 @@ def table(docs: list[tuple[str, str]], scores: list[float] | None = None) -> pa.
     return pa.table(cols)
 
 
-def run(ray, docs: pa.Table, cfg: DedupConfig = DedupConfig(), blocks: int = 3, reference: pa.Table | None = None) -> dict:
+def run(
+    ray, docs: pa.Table, cfg: DedupConfig | None = None, blocks: int = 3, reference: pa.Table | None = None
+) -> dict:
+    cfg = cfg or DedupConfig()
     ds = ray.data.from_arrow(docs).repartition(blocks)
     ref = ray.data.from_arrow(reference) if reference is not None else None
     out, _ = dedup_dataset(ds, cfg, reference=ref)
@@ -74,7 +78,8 @@ def run(ray, docs: pa.Table, cfg: DedupConfig = DedupConfig(), blocks: int = 3, 
 
 
 def test_band_math_matches_fineweb_and_datasketch():
-    assert detection_probability(0.8, 14, 8) == pytest.approx(0.924, abs=1e-3)  # datatrove's documented figure
+    # datatrove's documented figure
+    assert detection_probability(0.8, 14, 8) == pytest.approx(0.924, abs=1e-3)
     for threshold in (0.5, 0.7, 0.85):
         lsh = MinHashLSH(threshold=threshold, num_perm=128)
         assert bands_rows_for(threshold, 128) == (lsh.b, lsh.r)
@@ -123,8 +128,13 @@ def test_reference_documents_win_and_earlier_drops_pass_through(ray_local):
     web = articles("Adv", 3)
     reference = table([(f"w{i}", a["text"]) for i, a in enumerate(web)], [0.0] * 3)  # low score: still wins
     synth = table(
-        [("s0", near_copy(web[0]["text"], 3, seed=1)), ("s1", web[1]["text"]), ("s2", articles("Ele", 3)[2]["text"]),
-         ("s3", web[2]["text"]), ("s4", near_copy(web[0]["text"], 4, seed=2))],
+        [
+            ("s0", near_copy(web[0]["text"], 3, seed=1)),
+            ("s1", web[1]["text"]),
+            ("s2", articles("Ele", 3)[2]["text"]),
+            ("s3", web[2]["text"]),
+            ("s4", near_copy(web[0]["text"], 4, seed=2)),
+        ],
         [1.0] * 5,
     )
     synth = synth.append_column("drop_reason", pa.array([None, None, None, "too_short", None], pa.string()))
@@ -141,8 +151,15 @@ def test_reference_documents_win_and_earlier_drops_pass_through(ray_local):
 def test_stage_accounting_identity_and_outputs(ray_local, tmp_path):
     adv = articles("Adv", 8)
     docs = [(f"d{i}", a["text"]) for i, a in enumerate(adv)]
-    docs += [("e0", adv[0]["text"]), ("e1", adv[0]["text"]), ("n0", near_copy(adv[1]["text"], 3, seed=0)), ("empty", "")]
-    config = parse_config({"ingest": {"inputs": [{"path": str(OSE), "source": "web/x"}]}, "dedup": {"exact": True}})
+    docs += [
+        ("e0", adv[0]["text"]),
+        ("e1", adv[0]["text"]),
+        ("n0", near_copy(adv[1]["text"], 3, seed=0)),
+        ("empty", ""),
+    ]
+    config = parse_config(
+        {"ingest": {"inputs": [{"path": str(OSE), "source": "web/x"}]}, "dedup": {"exact": True}}
+    )
     upstream = {"select": ray_local.data.from_arrow(table(docs))}
     ctx = StageContext("dedup", config, str(tmp_path), str(tmp_path / "work"), upstream.__getitem__)
     result = dedup_stage.run(ctx)
@@ -156,11 +173,16 @@ def test_stage_accounting_identity_and_outputs(ray_local, tmp_path):
 
 
 def test_validate_prints_detection_probabilities(write_config, capsys):
-    path = write_config({"ingest": {"inputs": [{"path": str(OSE), "source": "web/x"}]}, "dedup": {"threshold": 0.75}})
+    path = write_config(
+        {"ingest": {"inputs": [{"path": str(OSE), "source": "web/x"}]}, "dedup": {"threshold": 0.75}}
+    )
     assert cli.main(["validate", str(path)]) == 0
     out = capsys.readouterr().out
     for j in ("0.5", "0.7", "0.8", "0.9"):
         assert f"J={j}: " in out
-    bad = write_config({"ingest": {"inputs": [{"path": str(OSE), "source": "web/x"}]}, "dedup": {"bands": 30, "rows": 8}}, "bad.yaml")
+    bad = write_config(
+        {"ingest": {"inputs": [{"path": str(OSE), "source": "web/x"}]}, "dedup": {"bands": 30, "rows": 8}},
+        "bad.yaml",
+    )
     assert cli.main(["validate", str(bad)]) == 2
     assert "dedup: bands x rows = 30 x 8 = 240 exceeds num_perm = 112" in capsys.readouterr().err

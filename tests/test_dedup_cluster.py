@@ -35,26 +35,41 @@ cluster.shutdown()
 
 
 def _rows(path) -> list[dict]:
-    return sorted(pq.read_table(sorted(str(p) for p in path.glob("*.parquet"))).to_pylist(), key=lambda r: r["id"])
+    return sorted(
+        pq.read_table(sorted(str(p) for p in path.glob("*.parquet"))).to_pylist(), key=lambda r: r["id"]
+    )
 
 
 @pytest.mark.slow
 def test_two_node_cluster_matches_in_process(ray_local, tmp_path):
-    # the intermediate articles and their second copy (natural near duplicates), the advanced ones as far pairs
+    # the intermediate articles and their second copy (natural near duplicates), the advanced ones as far
+    # pairs
     docs = articles("Int", 60) + articles("Adv", 20)
     copies = [r for r in ose_rows() if "/Int-Txt/Int-Txt/" in r["id"]][:60]
     rows = docs + copies + [{"id": "exact-copy", "text": docs[0]["text"]}]
     n = len(rows)
-    table = pa.table({"id": [r["id"] for r in rows], "text": [r["text"] for r in rows], "source": ["web/ose"] * n,
-                      "url": [None] * n, "meta": ["{}"] * n})
+    table = pa.table(
+        {
+            "id": [r["id"] for r in rows],
+            "text": [r["text"] for r in rows],
+            "source": ["web/ose"] * n,
+            "url": [None] * n,
+            "meta": ["{}"] * n,
+        }
+    )
     inp = tmp_path / "input.parquet"
     pq.write_table(table, inp)
 
     local, _ = dedup_dataset(ray_local.data.read_parquet(str(inp)).repartition(3), DedupConfig())
     local.write_parquet(str(tmp_path / "local"))
     env = {k: v for k, v in os.environ.items() if k != "RAY_ADDRESS"}
-    r = subprocess.run([sys.executable, "-c", CLUSTER_RUN, str(inp), str(tmp_path / "cluster")], env=env,
-                       capture_output=True, text=True, timeout=600)
+    r = subprocess.run(
+        [sys.executable, "-c", CLUSTER_RUN, str(inp), str(tmp_path / "cluster")],
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=600,
+    )
     assert r.returncode == 0, r.stderr[-4000:]
     a, b = _rows(tmp_path / "local"), _rows(tmp_path / "cluster")
     assert a == b

@@ -22,7 +22,9 @@ def chain_graph(seed: int = 0) -> pa.Table:
     along them (so that minima travel far), and a few random edges."""
     rng = random.Random(seed)
     nodes = [f"1{rng.randrange(16**16):016x}doc{k}" for k in range(150)]
-    edges = [(nodes[i], nodes[i + 1]) for i in range(0, 59)] + [(nodes[i], nodes[i + 1]) for i in range(60, 99)]
+    edges = [(nodes[i], nodes[i + 1]) for i in range(0, 59)] + [
+        (nodes[i], nodes[i + 1]) for i in range(60, 99)
+    ]
     edges += [(rng.choice(nodes[100:]), rng.choice(nodes[100:])) for _ in range(40)]
     edges = [e for e in edges if e[0] != e[1]]
     return pa.table({"a": [e[0] for e in edges], "b": [e[1] for e in edges]})
@@ -33,7 +35,9 @@ def scipy_clusters(edges: pa.Table) -> list[tuple[str, str, int]]:
     index = {n: i for i, n in enumerate(nodes)}
     a = [index[x] for x in edges["a"].to_pylist()]
     b = [index[x] for x in edges["b"].to_pylist()]
-    _, label = connected_components(coo_matrix((np.ones(len(a)), (a, b)), shape=(len(nodes), len(nodes))), directed=False)
+    _, label = connected_components(
+        coo_matrix((np.ones(len(a)), (a, b)), shape=(len(nodes), len(nodes))), directed=False
+    )
     root: dict[int, str] = {}
     for i, lab in enumerate(label):  # nodes are sorted: the first of a label is its smallest
         root.setdefault(lab, nodes[i])
@@ -94,7 +98,13 @@ def test_verification_drops_pairs_below_threshold_and_driver_gets_only_counts(ra
     ds = ray_local.data.from_arrow(t).repartition(3)
     out, details = dedup_dataset(ds, DedupConfig(**loose, verify_threshold=round(j_low + 0.01, 3)))
     out = out.materialize()
-    assert "changed" in fetched.columns and fetched.columns <= {"changed", "checked", "kept", "roots", "__num_rows"}, fetched.columns  # __num_rows: count()
+    assert "changed" in fetched.columns and fetched.columns <= {
+        "changed",
+        "checked",
+        "kept",
+        "roots",
+        "__num_rows",
+    }, fetched.columns  # __num_rows: count()
     monkeypatch.undo()
     on = {r["id"]: r for r in out.take_all()}
     assert on["z-low"]["drop_reason"] is None and on["z-low"]["dup_cluster_size"] == 1

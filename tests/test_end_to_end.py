@@ -75,8 +75,12 @@ def test_demo_end_to_end_and_report(reduced_demo, tmp_path, ray_local):
             if stage == "train":
                 continue
             rec = read_record(out, stage)
-            assert shown[stage] == {"docs_in": rec["docs_in"], "docs_out": rec["docs_out"],
-                                    "dropped": sum(rec["dropped"].values()), "tokens_out": rec["tokens_out"]}, stage
+            assert shown[stage] == {
+                "docs_in": rec["docs_in"],
+                "docs_out": rec["docs_out"],
+                "dropped": sum(rec["dropped"].values()),
+                "tokens_out": rec["tokens_out"],
+            }, stage
         n_images = driver.execute_script("return document.images.length")
         assert n_images >= 4
     finally:

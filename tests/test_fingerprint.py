@@ -1,4 +1,5 @@
-"""Outside files (inputs, models, benchmarks, tokenizers) are fingerprinted one way, local or on object storage."""
+"""Outside files (inputs, models, benchmarks, tokenizers) are fingerprinted one way, local or on object
+storage."""
 
 from __future__ import annotations
 
@@ -30,7 +31,8 @@ words = {"pos": "lesson explains method step theorem proof example exercise chap
          "neg": "buy cheap deals click here offer casino win free".split()}
 path, seed = sys.argv[1], int(sys.argv[2])
 with open(path + ".txt", "w") as f:
-    f.write("".join(f"__label__{lab} {' '.join(rng.choices(words[lab], k=12))}\\n" for lab in ("pos", "neg") * 100))
+    for lab in ("pos", "neg") * 100:
+        f.write(f"__label__{lab} {' '.join(rng.choices(words[lab], k=12))}\\n")
 fasttext.train_supervised(path + ".txt", epoch=10, lr=0.1, dim=16, wordNgrams=2, bucket=10_000, minCount=1,
                           verbose=0, thread=1, seed=seed).save_model(path)
 """

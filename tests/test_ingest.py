@@ -1,4 +1,5 @@
-"""Ingest: every input format, stable ids, and every kind of bad record counted and kept aside with its position."""
+"""Ingest: every input format, stable ids, and every kind of bad record counted and kept aside with its
+position."""
 
 import gzip
 import io
@@ -15,7 +16,10 @@ from pipeline.runner import read_record, run_pipeline
 from tests.conftest import DATA
 
 GOOD = "Photosynthesis turns light into chemical energy. Plants use it to make sugar from water and air."
-PAGE = f"<html><head><title>t</title></head><body><article><h1>Leaves</h1><p>{GOOD * 4}</p><p>{GOOD}</p></article></body></html>"
+PAGE = (
+    "<html><head><title>t</title></head><body><article><h1>Leaves</h1>"
+    f"<p>{GOOD * 4}</p><p>{GOOD}</p></article></body></html>"
+)
 
 
 def _warc(path, records):
@@ -26,8 +30,11 @@ def _warc(path, records):
             if kind == "request":
                 rec = w.create_warc_record(url, "request", payload=io.BytesIO(b"GET / HTTP/1.1\r\n\r\n"))
             else:
-                http = StatusAndHeaders("200 OK" if kind == "ok" else "404 Not Found",
-                                        [("Content-Type", ctype)], protocol="HTTP/1.1")
+                http = StatusAndHeaders(
+                    "200 OK" if kind == "ok" else "404 Not Found",
+                    [("Content-Type", ctype)],
+                    protocol="HTTP/1.1",
+                )
                 rec = w.create_warc_record(url, "response", payload=io.BytesIO(payload), http_headers=http)
             w.write_record(rec)
 
@@ -56,15 +63,25 @@ def bad_inputs(tmp_path):
         json.dumps({"text": GOOD + " Second."}).encode(),  # no id: positional id
     ]
     (d / "docs.jsonl").write_bytes(b"\n".join(lines) + b"\n")
-    full = gzip.compress(b"".join(json.dumps({"id": f"g{i}", "text": f"{GOOD} {i}"}).encode() + b"\n" for i in range(200)))
+    full = gzip.compress(
+        b"".join(json.dumps({"id": f"g{i}", "text": f"{GOOD} {i}"}).encode() + b"\n" for i in range(200))
+    )
     (d / "trunc.jsonl.gz").write_bytes(full[: len(full) // 2])  # truncated gzip
-    _warc(d / "pages.warc.gz", [
-        ("request", "http://site/page", None, None),
-        ("ok", "http://site/page", "text/html; charset=utf-8", PAGE.encode()),
-        ("ok", "http://site/logo.png", "image/png", b"\x89PNG\r\n\x1a\n" + b"\0" * 64),  # non-HTML payload
-        ("ok", "http://site/empty", "text/html", b"<html><body></body></html>"),  # nothing to extract
-        ("404", "http://site/missing", "text/html", b"<html><body>not found</body></html>"),
-    ])
+    _warc(
+        d / "pages.warc.gz",
+        [
+            ("request", "http://site/page", None, None),
+            ("ok", "http://site/page", "text/html; charset=utf-8", PAGE.encode()),
+            (
+                "ok",
+                "http://site/logo.png",
+                "image/png",
+                b"\x89PNG\r\n\x1a\n" + b"\0" * 64,
+            ),  # non-HTML payload
+            ("ok", "http://site/empty", "text/html", b"<html><body></body></html>"),  # nothing to extract
+            ("404", "http://site/missing", "text/html", b"<html><body>not found</body></html>"),
+        ],
+    )
     shutil.copy(DATA / "warcio" / "example-bad.warc.gz.bad", d / "broken-gzip.warc.gz")
     shutil.copy(DATA / "warcio" / "example-trunc.warc", d / "trunc.warc")
     return d
@@ -95,7 +112,11 @@ def test_bad_records_are_counted_and_kept_aside(bad_inputs, write_config, tmp_pa
     truncated = {r["drop_detail"].split(":")[0].split("/")[-1] for r in by_reason["truncated_file"]}
     assert "trunc.jsonl.gz" in truncated
     (png,) = by_reason["not_html"]
-    assert png["url"] == "http://site/logo.png" and "image/png" in png["drop_detail"] and "offset" in png["drop_detail"]
+    assert (
+        png["url"] == "http://site/logo.png"
+        and "image/png" in png["drop_detail"]
+        and "offset" in png["drop_detail"]
+    )
     (e404,) = by_reason["http_error"]
     assert "HTTP status 404" in e404["drop_detail"]
     broken = [r for r in dropped if "broken-gzip.warc.gz" in (r["drop_detail"] or "")]
@@ -105,7 +126,9 @@ def test_bad_records_are_counted_and_kept_aside(bad_inputs, write_config, tmp_pa
     texts = [r["text"] for r in kept]
     assert GOOD in texts  # the good JSON line
     assert any(t.startswith(GOOD) and "0" in t for t in texts)  # the readable start of the truncated gzip
-    assert any("Photosynthesis" in t for r, t in zip(kept, texts) if r["url"] == "http://site/page")  # extracted HTML
+    assert any(
+        "Photosynthesis" in t for r, t in zip(kept, texts) if r["url"] == "http://site/page"
+    )  # extracted HTML
     a = next(r for r in kept if r["text"] == GOOD)
     assert json.loads(a["meta"])["lang_hint"] == "en" and a["url"] == "http://x/a"
 
@@ -125,8 +148,14 @@ def test_ids_are_stable_and_formats_agree(tmp_path, write_config, ray_local):
     ids = []
     for name in ["a.jsonl", "b.jsonl.zst", "c.parquet"]:
         out = tmp_path / name
-        cfg = load_config(write_config({"run": {"output": str(out)},
-                                        "ingest": {"inputs": [{"path": str(d / name), "source": "web/same"}]}}))
+        cfg = load_config(
+            write_config(
+                {
+                    "run": {"output": str(out)},
+                    "ingest": {"inputs": [{"path": str(d / name), "source": "web/same"}]},
+                }
+            )
+        )
         run_pipeline(cfg)
         ids.append(sorted(r["id"] for r in _kept(out)))
         assert read_record(str(out), "ingest")["docs_out"] == 50
@@ -139,7 +168,9 @@ def test_parquet_without_text_column_is_a_user_error(tmp_path, write_config):
     from pipeline.errors import UserError
 
     pq.write_table(pa.table({"body": ["x"]}), tmp_path / "x.parquet")
-    cfg = load_config(write_config({"ingest": {"inputs": [{"path": str(tmp_path / "x.parquet"), "source": "web/x"}]}}))
+    cfg = load_config(
+        write_config({"ingest": {"inputs": [{"path": str(tmp_path / "x.parquet"), "source": "web/x"}]}})
+    )
     with pytest.raises(UserError, match=r"x.parquet: no column 'text' \(columns: body\)"):
         from pipeline.stages.ingest.stage import expand_inputs
 

@@ -1,4 +1,5 @@
-"""Megatron indexed dataset: the .idx layout byte by byte, Megatron's own reader as the oracle, packing, bad files."""
+"""Megatron indexed dataset: the .idx layout byte by byte, Megatron's own reader as the oracle, packing, bad
+files."""
 
 import struct
 
@@ -32,7 +33,9 @@ def test_idx_layout_byte_by_byte(tmp_path):
         + struct.pack(f"<{len(DOCS) + 1}q", *range(len(DOCS) + 1))  # int64 document indices 0..n
     )
     assert (tmp_path / "shard.idx").read_bytes() == expected
-    assert (tmp_path / "shard.bin").read_bytes() == struct.pack(f"<{sum(sizes)}H", *[t for d in DOCS for t in d])
+    assert (tmp_path / "shard.bin").read_bytes() == struct.pack(
+        f"<{sum(sizes)}H", *[t for d in DOCS for t in d]
+    )
     assert (w.docs, w.tokens) == (4, 13)
 
 

@@ -29,21 +29,39 @@ LEVEL_SCORE = {"Adv": 0.9, "Int": 0.6, "Ele": 0.3}
 
 
 def _articles() -> list[dict]:
-    raw = zstandard.ZstdDecompressor().stream_reader(open(DATA / "demo" / "onestopenglish.jsonl.zst", "rb")).read()
+    raw = (
+        zstandard.ZstdDecompressor()
+        .stream_reader(open(DATA / "demo" / "onestopenglish.jsonl.zst", "rb"))
+        .read()
+    )
     rows = [json.loads(line) for line in io.BytesIO(raw).read().decode().splitlines()]
     return sorted(rows, key=lambda r: r["id"])
 
 
-def _write_stage(output, stage: str, rows: list[dict], parts: int = 1, row_group_size: int | None = None) -> None:
-    """Parts and row groups like a stage's: mix plans its tasks from them (merging small groups, splitting large)."""
+def _write_stage(
+    output, stage: str, rows: list[dict], parts: int = 1, row_group_size: int | None = None
+) -> None:
+    """Parts and row groups like a stage's: mix plans its tasks from them (merging small groups, splitting
+    large)."""
     d = storage.join(str(output), stage)
     storage.make_dir(d)
     table = pa.Table.from_pylist(rows)
     step = -(-len(rows) // parts)
     for i in range(parts):
-        pq.write_table(table.slice(i * step, step), storage.join(d, f"part-{i}.parquet"), row_group_size=row_group_size)
-    rec = {"stage": stage, "status": "complete", "config_hash": "test", "input_fingerprint": "test",
-           "docs_in": len(rows), "docs_out": len(rows), "dropped": {}, "tokens_out": 0, "wall_s": 0}
+        pq.write_table(
+            table.slice(i * step, step), storage.join(d, f"part-{i}.parquet"), row_group_size=row_group_size
+        )
+    rec = {
+        "stage": stage,
+        "status": "complete",
+        "config_hash": "test",
+        "input_fingerprint": "test",
+        "docs_in": len(rows),
+        "docs_out": len(rows),
+        "dropped": {},
+        "tokens_out": 0,
+        "wall_s": 0,
+    }
     storage.write_json(storage.join(d, "_stage.json"), rec)
 
 
@@ -55,11 +73,31 @@ def upstream(tmp_path_factory):
     level = lambda r: r["id"].split("/")[1][:3]  # noqa: E731  Texts-SeparatedByReadingLevel/Adv-Txt/...
     web = [r for r in arts if level(r) == "Adv"][:30] + [r for r in arts if level(r) == "Int"][:30]
     synth = [r for r in arts if level(r) == "Ele"][:12]
-    _write_stage(out, "dedup", [{"id": f"w{i:03d}", "text": r["text"], "source": "web/onestopenglish", "url": None,
-                                 "meta": "{}", "edu_score": LEVEL_SCORE[level(r)]} for i, r in enumerate(web)],
-                 parts=2, row_group_size=4)
-    _write_stage(out, "synth", [{"id": f"s{i:03d}", "text": r["text"], "source": "synth/textbook", "url": None,
-                                 "meta": "{}"} for i, r in enumerate(synth)])
+    _write_stage(
+        out,
+        "dedup",
+        [
+            {
+                "id": f"w{i:03d}",
+                "text": r["text"],
+                "source": "web/onestopenglish",
+                "url": None,
+                "meta": "{}",
+                "edu_score": LEVEL_SCORE[level(r)],
+            }
+            for i, r in enumerate(web)
+        ],
+        parts=2,
+        row_group_size=4,
+    )
+    _write_stage(
+        out,
+        "synth",
+        [
+            {"id": f"s{i:03d}", "text": r["text"], "source": "synth/textbook", "url": None, "meta": "{}"}
+            for i, r in enumerate(synth)
+        ],
+    )
     return out
 
 
@@ -68,24 +106,40 @@ MIX = {
     "seed": 7,
     "shard_tokens": 8000,
     "batch_size": 16,
-    "phase1": {"sources": [
-        {"name": "web", "stage": "dedup", "weight": 0.8},
-        {"name": "synth", "stage": "synth", "weight": 0.2, "max_epochs": 3},
-    ]},
-    "phase2": {"tokens": 40000, "sources": [
-        {"name": "web_edu", "stage": "dedup", "where": ["edu_score >= 0.7", "source == web/onestopenglish"], "weight": 0.6},
-        {"name": "synth", "stage": "synth", "weight": 0.4, "max_epochs": 4},
-    ]},
+    "phase1": {
+        "sources": [
+            {"name": "web", "stage": "dedup", "weight": 0.8},
+            {"name": "synth", "stage": "synth", "weight": 0.2, "max_epochs": 3},
+        ]
+    },
+    "phase2": {
+        "tokens": 40000,
+        "sources": [
+            {
+                "name": "web_edu",
+                "stage": "dedup",
+                "where": ["edu_score >= 0.7", "source == web/onestopenglish"],
+                "weight": 0.6,
+            },
+            {"name": "synth", "stage": "synth", "weight": 0.4, "max_epochs": 4},
+        ],
+    },
 }
 
 
 def _config(output, mix=MIX):
-    return parse_config({
-        "run": {"output": str(output), "stages": ["mix"]},
-        "ray": {"num_cpus": 2, "object_store_memory_mb": 512, "progress_bars": False},
-        "ingest": {"inputs": [{"path": "tests/data/demo/onestopenglish.jsonl.zst", "source": "web/onestopenglish"}]},
-        "mix": mix,
-    })
+    return parse_config(
+        {
+            "run": {"output": str(output), "stages": ["mix"]},
+            "ray": {"num_cpus": 2, "object_store_memory_mb": 512, "progress_bars": False},
+            "ingest": {
+                "inputs": [
+                    {"path": "tests/data/demo/onestopenglish.jsonl.zst", "source": "web/onestopenglish"}
+                ]
+            },
+            "mix": mix,
+        }
+    )
 
 
 def _run(upstream, tmp_path, mix=MIX, name="run"):
@@ -114,17 +168,27 @@ def test_mix_writes_both_phases_as_the_recipe_says(ray_local, upstream, tmp_path
         # token counts: manifest == shards == per-document listing == per-source sums
         assert manifest["tokens"] == sum(s.num_tokens for s in shards)
         docs = pq.read_table(pdir / "documents.parquet").to_pandas()
-        assert manifest["tokens"] == docs["tokens"].sum() == sum(v["tokens"] for v in manifest["sources"].values())
+        assert (
+            manifest["tokens"]
+            == docs["tokens"].sum()
+            == sum(v["tokens"] for v in manifest["sources"].values())
+        )
         assert all(s.num_tokens >= 8000 for s in shards[:-1])
         # blend: every shard, weights = its share of the tokens
         blend = manifest["blend"].split()
         assert blend[1::2] == manifest["shards"]
-        assert [float(w) for w in blend[::2]] == pytest.approx([s.num_tokens / manifest["tokens"] for s in shards], abs=1e-6)
+        assert [float(w) for w in blend[::2]] == pytest.approx(
+            [s.num_tokens / manifest["tokens"] for s in shards], abs=1e-6
+        )
         # shares: within one document's tokens of the recipe's weight
         longest = docs["tokens"].max()
         for src in recipe["sources"]:
             got = manifest["sources"][src["name"]]
-            assert abs(got["weight"] - src["weight"]) <= longest / manifest["tokens"], (phase, src["name"], got)
+            assert abs(got["weight"] - src["weight"]) <= longest / manifest["tokens"], (
+                phase,
+                src["name"],
+                got,
+            )
             assert got["epochs"] <= src.get("max_epochs", 1.0) + 1e-9
             assert got["docs"] == (docs["source"] == src["name"]).sum()
         # every document decodes back to its source text, EOS after each
@@ -136,7 +200,8 @@ def test_mix_writes_both_phases_as_the_recipe_says(ray_local, upstream, tmp_path
         first = docs[docs["shard"] == 0]["source"]
         assert first.nunique() == 2
     p1 = json.loads((out / "mix" / "phase1" / "manifest.json").read_text())
-    assert p1["sources"]["web"]["epochs"] == pytest.approx(1.0, abs=0.05)  # null budget: web is the binding source
+    # null budget: web is the binding source
+    assert p1["sources"]["web"]["epochs"] == pytest.approx(1.0, abs=0.05)
     edu = dict(zip(*[pq.read_table(out / "dedup")[c].to_pylist() for c in ("id", "edu_score")]))
     p2docs = pq.read_table(out / "mix" / "phase2" / "documents.parquet").to_pandas()
     assert min(edu[i] for i in p2docs[p2docs["source"] == "web_edu"]["id"]) >= 0.7
@@ -144,7 +209,10 @@ def test_mix_writes_both_phases_as_the_recipe_says(ray_local, upstream, tmp_path
     rec = read_record(str(out), "mix")
     assert rec["docs_in"] == rec["docs_out"] + sum(rec["dropped"].values())
     assert rec["dropped"]["mix_where"] > 0  # phase 2 leaves out the intermediate-level articles
-    assert rec["tokens_out"] == p1["tokens"] + json.loads((out / "mix" / "phase2" / "manifest.json").read_text())["tokens"]
+    assert (
+        rec["tokens_out"]
+        == p1["tokens"] + json.loads((out / "mix" / "phase2" / "manifest.json").read_text())["tokens"]
+    )
     assert not (out / "mix" / "_tokenized").exists()
 
 
@@ -163,7 +231,9 @@ def test_same_seed_same_bytes_other_seed_other_order(ray_local, upstream, tmp_pa
         ids_a = pq.read_table(a / "mix" / phase / "documents.parquet")["id"].to_pylist()
         ids_c = pq.read_table(c / "mix" / phase / "documents.parquet")["id"].to_pylist()
         assert ids_a != ids_c
-        assert (a / "mix" / phase / "shard_00000.bin").read_bytes() != (c / "mix" / phase / "shard_00000.bin").read_bytes()
+        assert (a / "mix" / phase / "shard_00000.bin").read_bytes() != (
+            c / "mix" / phase / "shard_00000.bin"
+        ).read_bytes()
     # phase 1 takes every web document once in any order: the same multiset, another order
     p1a = pq.read_table(a / "mix" / "phase1" / "documents.parquet").to_pandas()
     p1c = pq.read_table(c / "mix" / "phase1" / "documents.parquet").to_pandas()
@@ -180,7 +250,10 @@ def test_read_tasks_cover_every_row_once_largest_first(tmp_path, monkeypatch):
     rows = lambda n, at: [{"id": f"{at}{i:03d}", "text": r["text"]} for i, r in enumerate(arts[:n])]  # noqa: E731
     _write_stage(tmp_path, "small_groups", rows(60, "a"), parts=3, row_group_size=2)
     _write_stage(tmp_path, "one_group", rows(90, "b"))
-    files = {stage: storage.list_files(str(tmp_path / stage), suffix=".parquet") for stage in ("small_groups", "one_group")}
+    files = {
+        stage: storage.list_files(str(tmp_path / stage), suffix=".parquet")
+        for stage in ("small_groups", "one_group")
+    }
     monkeypatch.setattr(mix, "TASK_BYTES", 40_000)  # a few articles per task
     tasks = mix._read_tasks(files, cores=1)
 
@@ -192,7 +265,11 @@ def test_read_tasks_cover_every_row_once_largest_first(tmp_path, monkeypatch):
         ids = pq.read_table(str(tmp_path / stage))["id"].to_pylist()
         seen = [None] * n
         for t in (t for t in tasks if t["stage"] == stage):
-            got = pq.ParquetFile(t["path"]).read_row_groups(range(t["first"], t["last"]))["id"].to_pylist()[t["start"]:t["stop"]]
+            got = (
+                pq.ParquetFile(t["path"])
+                .read_row_groups(range(t["first"], t["last"]))["id"]
+                .to_pylist()[t["start"] : t["stop"]]
+            )
             for k, doc in enumerate(got):
                 assert seen[t["row"] + k] is None, "a row in two tasks"
                 seen[t["row"] + k] = doc
@@ -221,7 +298,10 @@ def test_impossible_recipe_names_the_numbers(ray_local, upstream, tmp_path):
         _run(upstream, tmp_path, mix=mix, name="impossible")
     msg = str(e.value)
     assert "mix.phase2: impossible recipe" in msg
-    assert "source 'web_edu' (stage dedup, where edu_score >= 0.7 and source == web/onestopenglish) needs 1,200,000 tokens" in msg
+    assert (
+        "source 'web_edu' (stage dedup, where edu_score >= 0.7 and source == web/onestopenglish) needs "
+        "1,200,000 tokens" in msg
+    )
     assert "x max_epochs 1 =" in msg and "raise its max_epochs to" in msg
     assert "source 'synth'" in msg and "x max_epochs 4 =" in msg
 
@@ -236,9 +316,18 @@ def test_missing_where_column_is_a_user_error(ray_local, upstream, tmp_path):
 @pytest.mark.parametrize(
     "change, expected",
     [
-        (lambda m: m["phase1"]["sources"][0].update(weight=0.5), r"mix\.phase1: source weights must sum to 1, got 0\.7 \(web=0\.5, synth=0\.2\)"),
-        (lambda m: m["phase2"]["sources"][0].update(where=["edu_score => 0.6"]), r"mix\.phase2\.sources\[0\]\.where: rule 'edu_score => 0\.6' is not 'COLUMN OP VALUE'"),
-        (lambda m: m["phase1"]["sources"][1].update(tokens=100), r"source 'synth': give exactly one of 'weight'"),
+        (
+            lambda m: m["phase1"]["sources"][0].update(weight=0.5),
+            r"mix\.phase1: source weights must sum to 1, got 0\.7 \(web=0\.5, synth=0\.2\)",
+        ),
+        (
+            lambda m: m["phase2"]["sources"][0].update(where=["edu_score => 0.6"]),
+            r"mix\.phase2\.sources\[0\]\.where: rule 'edu_score => 0\.6' is not 'COLUMN OP VALUE'",
+        ),
+        (
+            lambda m: m["phase1"]["sources"][1].update(tokens=100),
+            r"source 'synth': give exactly one of 'weight'",
+        ),
         (lambda m: m["phase1"]["sources"][1].update(stage="mix"), r"mix\.phase1\.sources\[1\]\.stage"),
         (lambda m: m.pop("phase2"), r"mix\.phase2: required key is missing"),
     ],

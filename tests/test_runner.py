@@ -12,8 +12,8 @@ import pytest
 from pipeline import runner
 from pipeline.config import load_config
 from pipeline.errors import UserError
-from pipeline.runner import read_record, run_pipeline
 from pipeline.registry import BY_NAME
+from pipeline.runner import read_record, run_pipeline
 from pipeline.tools.status import print_status
 
 INPUT = {"path": "tests/data/demo/onestopenglish.jsonl.zst", "source": "web/ose"}
@@ -24,8 +24,17 @@ def test_record_rerun_skip_force_and_change(write_config, tmp_path, ray_local, c
     out = str(tmp_path / "out")
     [first] = run_pipeline(load_config(path))
     rec = json.loads((tmp_path / "out" / "ingest" / "_stage.json").read_text())
-    assert set(rec) >= {"stage", "status", "config_hash", "input_fingerprint", "docs_in", "docs_out", "dropped",
-                        "tokens_out", "wall_s"}
+    assert set(rec) >= {
+        "stage",
+        "status",
+        "config_hash",
+        "input_fingerprint",
+        "docs_in",
+        "docs_out",
+        "dropped",
+        "tokens_out",
+        "wall_s",
+    }
     assert rec["status"] == "complete" and rec["docs_in"] == 756
     assert rec["docs_in"] == rec["docs_out"] + sum(rec["dropped"].values())
     assert rec["tokens_out"] > 100_000
@@ -72,7 +81,9 @@ def test_failure_before_commit_leaves_nothing_complete(write_config, tmp_path, r
     assert read_record(out, "ingest") is None
     assert not (tmp_path / "out" / "ingest").exists()
     with pytest.raises(UserError, match="reads the output of 'ingest', which is not complete"):
-        downstream = load_config(write_config({"ingest": {"inputs": [INPUT]}, "annotate": {}}, name="down.yaml"))
+        downstream = load_config(
+            write_config({"ingest": {"inputs": [INPUT]}, "annotate": {}}, name="down.yaml")
+        )
         runner.input_fingerprint(BY_NAME["annotate"].implementation(), downstream, out)
 
     monkeypatch.undo()
@@ -84,13 +95,19 @@ def test_failure_before_commit_leaves_nothing_complete(write_config, tmp_path, r
 @pytest.mark.slow
 def test_killed_process_mid_write_is_not_complete(write_config, tmp_path):
     """SIGKILL a real `phicurate run` while its stage is writing; the stage is not complete afterwards."""
-    path = write_config({"ingest": {"inputs": [
-        {"path": "tests/data/demo/python-3.11-docs.warc.gz", "source": "web/docs"}]}})
+    path = write_config(
+        {"ingest": {"inputs": [{"path": "tests/data/demo/python-3.11-docs.warc.gz", "source": "web/docs"}]}}
+    )
     out = tmp_path / "out"
     env = {**os.environ, "RAY_AUTH_MODE": "disabled"}
     log = open(tmp_path / "run.log", "w")
-    proc = subprocess.Popen([sys.executable, "-m", "pipeline", "run", str(path)], env=env,
-                            stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "pipeline", "run", str(path)],
+        env=env,
+        stdout=log,
+        stderr=subprocess.STDOUT,
+        start_new_session=True,
+    )
     deadline = time.time() + 300
     while time.time() < deadline and not list(out.glob(".ingest.tmp-*")):
         assert proc.poll() is None, (tmp_path / "run.log").read_text()[-3000:]

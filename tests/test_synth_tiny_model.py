@@ -17,7 +17,9 @@ def test_tiny_phi3_builds_once_and_loads(tmp_path):
     cfg = model.config
     assert cfg.hidden_size // cfg.num_attention_heads >= 64 and cfg.num_hidden_layers == 2
     assert tok.convert_tokens_to_ids(["<|endoftext|>", "<|user|>"]) == [32000, 32010]
-    chat = tok.apply_chat_template([{"role": "user", "content": "hi"}], tokenize=False, add_generation_prompt=True)
+    chat = tok.apply_chat_template(
+        [{"role": "user", "content": "hi"}], tokenize=False, add_generation_prompt=True
+    )
     assert chat == "<s><|user|>\nhi<|end|>\n<|assistant|>\n"
     logits = model(**tok("Photosynthesis turns light into sugar.", return_tensors="pt")).logits
     assert logits.shape[-1] == 32064 and torch.isfinite(logits).all()

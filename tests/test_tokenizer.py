@@ -1,4 +1,5 @@
-"""The bundled Phi-3 tokenizer gives Phi-3's ids (llama.cpp's expected outputs) and loads like a Hub tokenizer."""
+"""The bundled Phi-3 tokenizer gives Phi-3's ids (llama.cpp's expected outputs) and loads like a Hub
+tokenizer."""
 
 from pathlib import Path
 
@@ -11,7 +12,9 @@ DATA = Path(__file__).parent / "data" / "tokenizer"
 
 
 def _llama_cpp_cases():
-    inputs = (DATA / "ggml-vocab-phi-3.gguf.inp").read_text(encoding="utf-8").split("\n__ggml_vocab_test__\n")[:-1]
+    inputs = (
+        (DATA / "ggml-vocab-phi-3.gguf.inp").read_text(encoding="utf-8").split("\n__ggml_vocab_test__\n")[:-1]
+    )
     outputs = (DATA / "ggml-vocab-phi-3.gguf.out").read_text(encoding="utf-8").split("\n")[:-1]
     assert len(inputs) == len(outputs) == 46
     return [(text, [int(i) for i in ids.split()]) for text, ids in zip(inputs, outputs)]
@@ -27,7 +30,13 @@ def test_matches_llama_cpp_expected_ids_for_phi3():
 
 def test_phi3_special_tokens_and_sizes():
     tok = load_tokenizer(PHI3_OFFLINE)
-    expected = {"<|endoftext|>": 32000, "<|assistant|>": 32001, "<|system|>": 32006, "<|end|>": 32007, "<|user|>": 32010}
+    expected = {
+        "<|endoftext|>": 32000,
+        "<|assistant|>": 32001,
+        "<|system|>": 32006,
+        "<|end|>": 32007,
+        "<|user|>": 32010,
+    }
     assert {t: tok.convert_tokens_to_ids(t) for t in expected} == expected
     assert tok.eos_token_id == 32000 and tok.pad_token_id == 32000 and tok.bos_token_id == 1
     assert len(tok) == 32011  # ids 32011..32063 are embedding padding rows in Phi-3, not tokens

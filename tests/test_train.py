@@ -1,4 +1,5 @@
-"""The trainer end to end on CPU: Megatron shards of real text, phase 1 then phase 2, loss, checkpoints, exact resume."""
+"""The trainer end to end on CPU: Megatron shards of real text, phase 1 then phase 2, loss, checkpoints, exact
+resume."""
 
 import io
 import json
@@ -21,13 +22,23 @@ from pipeline.tools.cli import main
 
 ROOT = Path(__file__).resolve().parent.parent
 SEQ, MICRO = 32, 2
-TRAIN = {"seq_len": SEQ, "micro_batch": MICRO, "lr": 5e-3, "warmup_steps": 2, "heldout_sequences": 2,
-         "eval_every": 3, "checkpoint_every": 2, "save_model": True}
+TRAIN = {
+    "seq_len": SEQ,
+    "micro_batch": MICRO,
+    "lr": 5e-3,
+    "warmup_steps": 2,
+    "heldout_sequences": 2,
+    "eval_every": 3,
+    "checkpoint_every": 2,
+    "save_model": True,
+}
 
 
 def _articles(level: str, n: int, skip: int = 0) -> list[str]:
     """OneStopEnglish articles (tests/data/demo) of one reading level: 'Adv' or 'Ele'."""
-    raw = zstandard.ZstdDecompressor().stream_reader(open(ROOT / "tests/data/demo/onestopenglish.jsonl.zst", "rb"))
+    raw = zstandard.ZstdDecompressor().stream_reader(
+        open(ROOT / "tests/data/demo/onestopenglish.jsonl.zst", "rb")
+    )
     rows = [json.loads(line) for line in io.TextIOWrapper(raw, encoding="utf-8")]
     return [r["text"] for r in rows if f"/{level}-Txt/" in r["id"]][skip : skip + n]
 
@@ -61,18 +72,32 @@ def write_mix(output: Path, vocab_size: int = 32011) -> dict:
     for phase, sources in plan.items():
         d = output / "mix" / phase
         d.mkdir(parents=True)
-        stream = [(s, doc) for group in zip(*[[(s, x) for x in ds] for s, ds in sources.items()]) for s, doc in group]
+        stream = [
+            (s, doc)
+            for group in zip(*[[(s, x) for x in ds] for s, ds in sources.items()])
+            for s, doc in group
+        ]
         tokens = _write_shard(d / "shard_00000", [doc for _, doc in stream])
         if phase == "phase1":
-            pq.write_table(pa.table({"shard": pa.array([0] * len(stream), pa.int32()), "index": list(range(len(stream))),
-                                     "source": [s for s, _ in stream]}), d / "documents.parquet")
+            pq.write_table(
+                pa.table(
+                    {
+                        "shard": pa.array([0] * len(stream), pa.int32()),
+                        "index": list(range(len(stream))),
+                        "source": [s for s, _ in stream],
+                    }
+                ),
+                d / "documents.parquet",
+            )
         m = {
             "phase": phase,
             "tokenizer": PHI3_OFFLINE,
             "vocab_size": vocab_size,
             "tokens": tokens,
-            "sources": {s: {"tokens": sum(map(len, ds)), "docs": len(ds), "weight": 1.0, "epochs": 1.0}
-                        for s, ds in sources.items()},
+            "sources": {
+                s: {"tokens": sum(map(len, ds)), "docs": len(ds), "weight": 1.0, "epochs": 1.0}
+                for s, ds in sources.items()
+            },
             "shards": ["shard_00000"],
             "blend": "1.0 shard_00000",
             "stream": stream,  # for the tests' own checks; the trainer ignores unknown keys
@@ -85,9 +110,14 @@ def write_mix(output: Path, vocab_size: int = 32011) -> dict:
 def _config(write_config, tmp_path, name: str, **train):
     out = tmp_path / name
     manifests = write_mix(out)
-    path = write_config({"run": {"name": name, "output": str(out)},
-                         "ingest": {"inputs": [{"path": "tests/data/demo/onestopenglish.jsonl.zst", "source": "web/ose"}]},
-                         "train": {**TRAIN, **train}}, name=f"{name}.yaml")
+    path = write_config(
+        {
+            "run": {"name": name, "output": str(out)},
+            "ingest": {"inputs": [{"path": "tests/data/demo/onestopenglish.jsonl.zst", "source": "web/ose"}]},
+            "train": {**TRAIN, **train},
+        },
+        name=f"{name}.yaml",
+    )
     return path, out, manifests
 
 
@@ -99,9 +129,12 @@ def _metrics(out: Path) -> list[dict]:
 def full_run(tmp_path_factory):
     """One uninterrupted run through `phicurate train`, shared by the tests below."""
     tmp = tmp_path_factory.mktemp("train")
-    cfg = {"run": {"name": "full", "output": str(tmp / "full")}, "ray": {"num_cpus": 2},
-           "ingest": {"inputs": [{"path": "tests/data/demo/onestopenglish.jsonl.zst", "source": "web/ose"}]},
-           "train": TRAIN}
+    cfg = {
+        "run": {"name": "full", "output": str(tmp / "full")},
+        "ray": {"num_cpus": 2},
+        "ingest": {"inputs": [{"path": "tests/data/demo/onestopenglish.jsonl.zst", "source": "web/ose"}]},
+        "train": TRAIN,
+    }
     manifests = write_mix(tmp / "full")
     path = tmp / "full.yaml"
     path.write_text(json.dumps(cfg))
@@ -126,7 +159,9 @@ def test_trains_phase1_then_phase2_for_their_budgets_and_loss_falls(full_run):
     assert np.mean(losses[-3:]) < np.mean(losses[:2]) - 0.5  # from ~10.4 (uniform over 32,064 rows) down
     record = json.loads((out / "train" / "_stage.json").read_text())
     assert record["status"] == "complete" and record["tokens_out"] == rows[-1]["tokens"]
-    assert record["docs_out"] == (n1 + n2) * MICRO and record["docs_in"] == record["docs_out"] + sum(record["dropped"].values())
+    assert record["docs_out"] == (n1 + n2) * MICRO and record["docs_in"] == record["docs_out"] + sum(
+        record["dropped"].values()
+    )
     assert (out / "train" / "loss.png").stat().st_size > 10_000
 
 
@@ -142,7 +177,9 @@ def test_heldout_documents_are_never_trained_on(full_run):
         held = phases[0].heldout[source]
         assert held.shape == (TRAIN["heldout_sequences"], SEQ + 1)
         assert stream[k][0] == source
-        assert [row.tolist() for row in held] == [stream[k][1][i * SEQ : i * SEQ + SEQ + 1] for i in range(len(held))]
+        assert [row.tolist() for row in held] == [
+            stream[k][1][i * SEQ : i * SEQ + SEQ + 1] for i in range(len(held))
+        ]
     last_trained = max(phases[0].order) * SEQ + SEQ  # the last token a training window of phase 1 reads
     assert last_trained < 4 * (DOC_TOKENS + 1)
 
@@ -173,14 +210,18 @@ def test_final_model_loads_in_transformers(full_run):
 
 
 def test_resume_continues_exactly(full_run, tmp_path, capsys):
-    """Stopped after 3 steps (a checkpoint mid phase 1), then resumed: the same losses step for step and the same
+    """Stopped after 3 steps (a checkpoint mid phase 1), then resumed: the same losses step for step and the
+    same
     final weights, bit for bit, as the uninterrupted run."""
     path, full_out, _ = full_run
     out = tmp_path / "resumed"
     write_mix(out)
     assert main(["train", str(path), "--output", str(out), "--stop-after", "3"]) == 0
     assert not (out / "train").exists()  # an unfinished run leaves no stage directory, only its state
-    assert sorted(p.name for p in (out / ".train-state" / "checkpoints").iterdir()) == ["step-0000002", "step-0000003"]
+    assert sorted(p.name for p in (out / ".train-state" / "checkpoints").iterdir()) == [
+        "step-0000002",
+        "step-0000003",
+    ]
     other = tmp_path / "other-seed.yaml"  # another seed orders the sequences differently: no resume on it
     cfg = json.loads(path.read_text())
     other.write_text(json.dumps({**cfg, "train": {**cfg["train"], "seed": 1}}))
@@ -197,7 +238,10 @@ def test_resume_continues_exactly(full_run, tmp_path, capsys):
 
 def test_manifest_vocab_beyond_the_model_is_a_clear_error(write_config, tmp_path):
     path, out, _ = _config(write_config, tmp_path, "bigvocab", vocab_size=32000)
-    with pytest.raises(UserError, match=r"mix/phase1/manifest.json: the tokenizer has 32011 tokens but train.vocab_size is 32000"):
+    with pytest.raises(
+        UserError,
+        match=r"mix/phase1/manifest.json: the tokenizer has 32011 tokens but train.vocab_size is 32000",
+    ):
         train_command(load_config(path))
 
 
@@ -211,10 +255,16 @@ def test_resume_without_checkpoint_and_missing_mix_are_user_errors(write_config,
 
 
 def test_token_ids_beyond_the_embedding_stop_training_with_a_clear_error(write_config, tmp_path):
-    path, out, manifests = _config(write_config, tmp_path, "foreign-ids", heldout_sequences=0)  # the training path
+    # the training path
+    path, out, manifests = _config(write_config, tmp_path, "foreign-ids", heldout_sequences=0)
     # shards from another tokenizer: every document of phase 1 starts with id 40000, beyond 32,064 rows
-    _write_shard(out / "mix" / "phase1" / "shard_00000", [[40000, *doc[1:]] for _, doc in manifests["phase1"]["stream"]])
-    with pytest.raises(UserError, match=r"phase1: sequence \d+ holds token id 40000, beyond the model's 32064 embedding rows"):
+    _write_shard(
+        out / "mix" / "phase1" / "shard_00000",
+        [[40000, *doc[1:]] for _, doc in manifests["phase1"]["stream"]],
+    )
+    with pytest.raises(
+        UserError, match=r"phase1: sequence \d+ holds token id 40000, beyond the model's 32064 embedding rows"
+    ):
         train_command(load_config(path))
 
 
@@ -223,5 +273,7 @@ def test_manifest_vocab_below_the_tokenizers_eos_is_a_clear_error(write_config, 
     for phase in ("phase1", "phase2"):
         m = out / "mix" / phase / "manifest.json"
         m.write_text(json.dumps({**json.loads(m.read_text()), "vocab_size": 100}))
-    with pytest.raises(UserError, match=r"phase1/manifest.json: vocab_size is 100 but the tokenizer's EOS id is 32000"):
+    with pytest.raises(
+        UserError, match=r"phase1/manifest.json: vocab_size is 100 but the tokenizer's EOS id is 32000"
+    ):
         train_command(load_config(path))

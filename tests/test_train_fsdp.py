@@ -1,6 +1,7 @@
 """The multi-process path (torchrun, FSDP2) on CPU with the gloo backend: two ranks shard the tiny model.
 
-What this checks here: sharding, the split of each global batch over the ranks, sharded checkpoints and an exact
+What this checks here: sharding, the split of each global batch over the ranks, sharded checkpoints and an
+exact
 resume under FSDP. What it cannot check here: NCCL, CUDA and speed on GPUs.
 """
 
@@ -17,25 +18,52 @@ from test_train import write_mix
 from pipeline.tools.cli import main
 
 ROOT = Path(__file__).resolve().parent.parent
-TRAIN = {"seq_len": 32, "micro_batch": 2, "lr": 5e-3, "warmup_steps": 2, "heldout_sequences": 2, "eval_every": 3,
-         "checkpoint_every": 2, "precision": "fp32", "device": "cpu", "save_model": False}
+TRAIN = {
+    "seq_len": 32,
+    "micro_batch": 2,
+    "lr": 5e-3,
+    "warmup_steps": 2,
+    "heldout_sequences": 2,
+    "eval_every": 3,
+    "checkpoint_every": 2,
+    "precision": "fp32",
+    "device": "cpu",
+    "save_model": False,
+}
 
 
 def _config(tmp_path: Path, name: str, **train) -> Path:
     out = tmp_path / name
     write_mix(out)
     path = tmp_path / f"{name}.yaml"
-    path.write_text(yaml.safe_dump({
-        "run": {"name": name, "output": str(out)},
-        "ingest": {"inputs": [{"path": "tests/data/demo/onestopenglish.jsonl.zst", "source": "web/ose"}]},
-        "train": {**TRAIN, **train},
-    }))
+    path.write_text(
+        yaml.safe_dump(
+            {
+                "run": {"name": name, "output": str(out)},
+                "ingest": {
+                    "inputs": [{"path": "tests/data/demo/onestopenglish.jsonl.zst", "source": "web/ose"}]
+                },
+                "train": {**TRAIN, **train},
+            }
+        )
+    )
     return path
 
 
 def _torchrun(config: Path, *args: str) -> None:
     env = {**os.environ, "OMP_NUM_THREADS": "1"}
-    cmd = [sys.executable, "-m", "torch.distributed.run", "--nproc-per-node", "2", "-m", "pipeline", "train", str(config), *args]
+    cmd = [
+        sys.executable,
+        "-m",
+        "torch.distributed.run",
+        "--nproc-per-node",
+        "2",
+        "-m",
+        "pipeline",
+        "train",
+        str(config),
+        *args,
+    ]
     done = subprocess.run(cmd, cwd=ROOT, env=env, capture_output=True, text=True, timeout=600)
     assert done.returncode == 0, done.stderr[-3000:]
 
@@ -63,7 +91,15 @@ def test_fsdp_two_ranks_match_one_process_and_resume_exactly(tmp_path):
 
     resumed = _config(tmp_path, "fsdp-resumed")
     _torchrun(resumed, "--stop-after", "3")
-    ckpt = Path(yaml.safe_load(resumed.read_text())["run"]["output"]) / ".train-state" / "checkpoints" / "step-0000003"
-    assert sorted(p.name for p in ckpt.glob("*.distcp")) == ["__0_0.distcp", "__1_0.distcp"]  # one shard per rank
+    ckpt = (
+        Path(yaml.safe_load(resumed.read_text())["run"]["output"])
+        / ".train-state"
+        / "checkpoints"
+        / "step-0000003"
+    )
+    assert sorted(p.name for p in ckpt.glob("*.distcp")) == [
+        "__0_0.distcp",
+        "__1_0.distcp",
+    ]  # one shard per rank
     _torchrun(resumed, "--resume")
     assert _losses(resumed) == a

@@ -1,18 +1,21 @@
-"""The trainer's numerics on the tiny Phi-3: bf16 against fp32, the learning-rate schedule, the vocabulary check."""
+"""The trainer's numerics on the tiny Phi-3: bf16 against fp32, the learning-rate schedule, the vocabulary
+check."""
 
 import pytest
 import torch
 
-from train_handoff.errors import TrainError
 from pipeline.tokenizer import PHI3_OFFLINE, encode_with_eos, load_tokenizer
 from train_handoff import parallel
 from train_handoff.config import TrainConfig
+from train_handoff.errors import TrainError
 from train_handoff.model import build_model, model_vocab, padded_vocab
 from train_handoff.trainer import lr_factor, sequence_loss
 
 TEXT = (
-    "The for statement in Python differs a bit from what you may be used to in C or Pascal. Rather than always "
-    "iterating over an arithmetic progression of numbers, Python's for statement iterates over the items of any "
+    "The for statement in Python differs a bit from what you may be used to in C or Pascal. Rather than "
+    "always "
+    "iterating over an arithmetic progression of numbers, Python's for statement iterates over the items of "
+    "any "
     "sequence, a list or a string, in the order that they appear in the sequence. "
 )
 
@@ -86,7 +89,9 @@ def test_embedding_rows_padded_like_phi3():
 
 
 def test_vocab_that_does_not_fit_the_model_is_a_clear_error():
-    with pytest.raises(TrainError, match=r"m\.json: the tokenizer has 32011 tokens but train\.vocab_size is 32000.*32064"):
+    with pytest.raises(
+        TrainError, match=r"m\.json: the tokenizer has 32011 tokens but train\.vocab_size is 32000.*32064"
+    ):
         model_vocab(TrainConfig(vocab_size=32000), 32011, "m.json")
 
 
@@ -116,6 +121,11 @@ def test_phi3_mini_preset_has_phi3_minis_shape():
     with torch.device("meta"):
         model = Phi3ForCausalLM(phi3_config(TrainConfig(model="phi3-mini"), 32064, 32000))
     c = model.config
-    assert (c.num_hidden_layers, c.hidden_size, c.num_attention_heads, c.intermediate_size) == (32, 3072, 32, 8192)
+    assert (c.num_hidden_layers, c.hidden_size, c.num_attention_heads, c.intermediate_size) == (
+        32,
+        3072,
+        32,
+        8192,
+    )
     assert c.max_position_embeddings == 4096 and c.vocab_size == 32064
     assert sum(p.numel() for p in model.parameters()) == 3_821_079_552

@@ -15,9 +15,20 @@ from pipeline.tools.tune import tune
 from tests.test_annotate_select import QUIET, _cfg, _read, corpus  # noqa: F401  (corpus is a fixture)
 
 # Only the Gopher word-count rules, so that a threshold on words moves the kept set of this small corpus.
-RULES = {"lang": None, "lang_score": None, "gopher_repetition": None, "c4_quality": None, "fineweb_quality": None,
-         "gopher_quality": {"min_avg_word_length": None, "max_avg_word_length": None, "min_stop_words": None,
-                            "max_non_alpha_words_ratio": None, "max_bullet_lines_ratio": None}}
+RULES = {
+    "lang": None,
+    "lang_score": None,
+    "gopher_repetition": None,
+    "c4_quality": None,
+    "fineweb_quality": None,
+    "gopher_quality": {
+        "min_avg_word_length": None,
+        "max_avg_word_length": None,
+        "min_stop_words": None,
+        "max_non_alpha_words_ratio": None,
+        "max_bullet_lines_ratio": None,
+    },
+}
 
 
 def _with_min_words(n: int) -> dict:
@@ -48,8 +59,23 @@ def test_tune_counts_equal_what_select_keeps(ray_local, write_config, corpus, tm
     png = tmp_path / "words.png"
     buf = io.StringIO()
     with contextlib.redirect_stdout(buf):
-        assert main(["tune", out, "--signal", "gopher_quality:gopher_short_doc", "--config", str(cfg_path),
-                     "--samples", "2", "--plot", str(png)]) == 0
+        assert (
+            main(
+                [
+                    "tune",
+                    out,
+                    "--signal",
+                    "gopher_quality:gopher_short_doc",
+                    "--config",
+                    str(cfg_path),
+                    "--samples",
+                    "2",
+                    "--plot",
+                    str(png),
+                ]
+            )
+            == 0
+        )
     text = buf.getvalue()
     assert "* current threshold in the config: gopher_words >= 300" in text
     assert "documents just below 300 (dropped)" in text and "documents just above 300 (kept)" in text

@@ -23,7 +23,14 @@ def plot_loss(metrics_path: str, out_png: str, title: str = "training loss") -> 
     for i in range(1, len(train)):
         if phase_of[i] != phase_of[i - 1]:
             ax.axvline(train[i - 1]["tokens"], color="grey", lw=0.8, ls=":")
-            ax.text(train[i - 1]["tokens"], ax.get_ylim()[1], f" {phase_of[i]}", va="top", fontsize=8, color="grey")
+            ax.text(
+                train[i - 1]["tokens"],
+                ax.get_ylim()[1],
+                f" {phase_of[i]}",
+                va="top",
+                fontsize=8,
+                color="grey",
+            )
     ax.set_xlabel("training tokens")
     ax.set_ylabel("cross-entropy (nats/token)")
     ax.set_title(title)

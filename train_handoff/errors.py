@@ -1,4 +1,5 @@
-"""Errors the person running the trainer can fix (a config value, a missing checkpoint, a mix that does not fit)."""
+"""Errors the person running the trainer can fix (a config value, a missing checkpoint, a mix that does not
+fit)."""
 
 
 class TrainError(Exception):

@@ -1,4 +1,5 @@
-"""The Phi-3 model: transformers' `Phi3ForCausalLM` at a preset size, with embedding rows fitted to the tokenizer."""
+"""The Phi-3 model: transformers' `Phi3ForCausalLM` at a preset size, with embedding rows fitted to the
+tokenizer."""
 
 from __future__ import annotations
 
@@ -16,13 +17,15 @@ def padded_vocab(vocab_size: int) -> int:
 
 
 def model_vocab(cfg: TrainConfig, manifest_vocab: int, where: str) -> int:
-    """Embedding rows: the configured size, which must hold every token id of the manifest, or the padded manifest size."""
+    """Embedding rows: the configured size, which must hold every token id of the manifest, or the padded
+    manifest size."""
     if cfg.vocab_size is None:
         return padded_vocab(manifest_vocab)
     if cfg.vocab_size < manifest_vocab:
         raise TrainError(
             f"{where}: the tokenizer has {manifest_vocab} tokens but train.vocab_size is {cfg.vocab_size}: "
-            f"token ids up to {manifest_vocab - 1} would index past the embedding. Set train.vocab_size to at least "
+            f"token ids up to {manifest_vocab - 1} would index past the embedding. Set train.vocab_size to "
+            "at least "
             f"{padded_vocab(manifest_vocab)} or leave it null to size the model from the manifest"
         )
     return cfg.vocab_size
@@ -44,7 +47,8 @@ def phi3_config(cfg: TrainConfig, vocab_size: int, eos_token_id: int | None = No
 
 
 def build_model(cfg: TrainConfig, vocab_size: int, eos_token_id: int | None = None) -> Phi3ForCausalLM:
-    """A freshly initialised model in fp32 (the master weights; bf16 runs under autocast), seeded by cfg.seed."""
+    """A freshly initialised model in fp32 (the master weights; bf16 runs under autocast), seeded by
+    cfg.seed."""
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(cfg.seed)
         model = Phi3ForCausalLM(phi3_config(cfg, vocab_size, eos_token_id))

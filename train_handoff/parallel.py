@@ -32,7 +32,8 @@ class Runtime:
         return self.world > 1
 
     def autocast(self):
-        """bf16 compute for the unsharded model; FSDP's mixed-precision policy casts the sharded one itself."""
+        """bf16 compute for the unsharded model; FSDP's mixed-precision policy casts the sharded one
+        itself."""
         if not self.bf16 or self.sharded:
             return nullcontext()
         return torch.autocast(self.device.type, dtype=torch.bfloat16)

@@ -1,12 +1,15 @@
-"""The phases the trainer reads: each phase's manifest, its packed sequences in a seeded order, its held-out set.
+"""The phases the trainer reads: each phase's manifest, its packed sequences in a seeded order, its held-out
+set.
 
-A phase is trained for its token budget (the manifest's `tokens`, or `train.max_phase_tokens` if smaller), packed into
+A phase is trained for its token budget (the manifest's `tokens`, or `train.max_phase_tokens` if smaller),
+packed into
 sequences of seq_len + 1 tokens (pipeline/shards.py); the order of the training sequences is a
 permutation fixed by the seed and the phase name, so it is the same on every run and every machine.
 
 Held-out loss per source: the mix writes `documents.parquet` beside each manifest (which document of which
 source sits where in the shards). For each source the trainer takes documents from the end of the stream until
-they fill `heldout_sequences` sequences (at most half of that source's documents), packs them into sequences of
+they fill `heldout_sequences` sequences (at most half of that source's documents), packs them into sequences
+of
 that source alone, and withholds from training every sequence that overlaps them. Without `documents.parquet`
 the last `heldout_sequences` sequences of the stream are held out and reported as source `all`.
 """
@@ -47,7 +50,9 @@ def fingerprint(manifest: dict) -> str:
 
 def _shard_path(manifest_file: str, path: str) -> str:
     """Manifest paths are relative to the manifest's directory unless absolute."""
-    return path if os.path.isabs(path) or "://" in path else os.path.join(os.path.dirname(manifest_file), path)
+    return (
+        path if os.path.isabs(path) or "://" in path else os.path.join(os.path.dirname(manifest_file), path)
+    )
 
 
 def _pack(manifest_file: str, shards: list[str], seq_len: int) -> PackedSequences:
@@ -57,8 +62,11 @@ def _pack(manifest_file: str, shards: list[str], seq_len: int) -> PackedSequence
         raise TrainError(f"{manifest_file}: {e}") from None
 
 
-def heldout_by_source(stream: PackedSequences, documents: str, n_seq: int) -> tuple[dict[str, np.ndarray], np.ndarray]:
-    """Per source, `n_seq` sequences of its last documents in the stream, and the mask of sequences left to train on."""
+def heldout_by_source(
+    stream: PackedSequences, documents: str, n_seq: int
+) -> tuple[dict[str, np.ndarray], np.ndarray]:
+    """Per source, `n_seq` sequences of its last documents in the stream, and the mask of sequences left to
+    train on."""
     table = pq.read_table(documents, columns=["shard", "index", "source"])
     shard, index = table["shard"].to_numpy(), table["index"].to_numpy()
     encoded = table["source"].combine_chunks().dictionary_encode()  # codes, not millions of Python strings
@@ -78,9 +86,13 @@ def heldout_by_source(stream: PackedSequences, documents: str, n_seq: int) -> tu
         rows = rows[: min(take[0] + 1 if len(take) else len(rows), len(rows) // 2)]
         if sizes[rows].sum() < seq_len + 1:
             continue  # too small a source to spare a sequence
-        tokens = np.concatenate([stream.shards[shard[r]].doc(int(index[r])) for r in sorted(rows, key=lambda r: starts[r])])
+        tokens = np.concatenate(
+            [stream.shards[shard[r]].doc(int(index[r])) for r in sorted(rows, key=lambda r: starts[r])]
+        )
         n = min(n_seq, (len(tokens) - 1) // seq_len)
-        heldout[source] = np.stack([tokens[i * seq_len : i * seq_len + seq_len + 1] for i in range(n)]).astype(np.int64)
+        heldout[source] = np.stack(
+            [tokens[i * seq_len : i * seq_len + seq_len + 1] for i in range(n)]
+        ).astype(np.int64)
         for r in rows:  # window i holds tokens [i * seq_len, i * seq_len + seq_len]
             lo = max((starts[r] + seq_len - 1) // seq_len - 1, 0)
             train[lo : (starts[r] + sizes[r] - 1) // seq_len + 1] = False
@@ -131,7 +143,8 @@ def load_phases(cfg: TrainConfig, mix_dir: str) -> tuple[list[Phase], dict]:
             first = manifest
         elif (manifest["tokenizer"], manifest["vocab_size"]) != (first["tokenizer"], first["vocab_size"]):
             raise TrainError(
-                f"{manifest_path(mix_dir, name)}: tokenizer {manifest['tokenizer']!r} ({manifest['vocab_size']} tokens) "
+                f"{manifest_path(mix_dir, name)}: tokenizer {manifest['tokenizer']!r} "
+                f"({manifest['vocab_size']} tokens) "
                 f"differs from {cfg.phases[0]}'s {first['tokenizer']!r} ({first['vocab_size']} tokens); "
                 f"one model needs one vocabulary: rerun the mix with one tokenizer"
             )

@@ -1,4 +1,5 @@
-"""The training loop: AdamW with warmup-stable-decay (or cosine), gradient accumulation and clipping, held-out loss
+"""The training loop: AdamW with warmup-stable-decay (or cosine), gradient accumulation and clipping, held-out
+loss
 per source, checkpoints every N steps and an exact resume.
 
 The position in the data is a function of the step (each phase's sequence order is fixed by the seed and the
@@ -37,7 +38,8 @@ from train_handoff.phases import Phase
 
 METRICS = "metrics.jsonl"
 CHECKPOINTS = "checkpoints"
-POSITION = "position.json"  # step, phase, phase step, tokens: written last, so its presence marks a complete checkpoint
+# step, phase, phase step, tokens: written last, so its presence marks a complete checkpoint
+POSITION = "position.json"
 KEEP_CHECKPOINTS = 2  # older ones are deleted once a newer one is complete
 
 
@@ -74,7 +76,8 @@ def lr_factor(step: int, cfg: TrainConfig, phase_steps: list[int]) -> float:
 
 
 def flops_per_token(model: torch.nn.Module, seq_len: int) -> float:
-    """Training FLOPs per token: 6 x parameters (matmuls, forward and backward) + attention scores (PaLM's formula)."""
+    """Training FLOPs per token: 6 x parameters (matmuls, forward and backward) + attention scores (PaLM's
+    formula)."""
     c = model.config
     n = sum(p.numel() for p in model.parameters())
     return 6 * n + 12 * c.num_hidden_layers * c.hidden_size * seq_len
@@ -102,7 +105,8 @@ class Metrics:
 
 
 def sequence_loss(model, tokens: torch.Tensor, rt: parallel.Runtime) -> torch.Tensor:
-    """Mean next-token loss of a batch of sequences of seq_len + 1 tokens; logits upcast to fp32 for the softmax."""
+    """Mean next-token loss of a batch of sequences of seq_len + 1 tokens; logits upcast to fp32 for the
+    softmax."""
     with rt.autocast():
         logits = model(input_ids=tokens[:, :-1]).logits
     return F.cross_entropy(logits.float().flatten(0, 1), tokens[:, 1:].flatten())
@@ -129,7 +133,13 @@ def evaluate(model, phases: list[Phase], cfg: TrainConfig, rt: parallel.Runtime)
             losses = []
             for i in range(0, len(seqs), cfg.micro_batch):
                 batch = torch.from_numpy(seqs[i : i + cfg.micro_batch]).long()
-                check_ids(batch, model.config.vocab_size, lambda r: f"{phase.name}: held-out sequence {i + r} of '{source}'")
+                check_ids(
+                    batch,
+                    model.config.vocab_size,
+                    lambda r, i=i, source=source, name=phase.name: (
+                        f"{name}: held-out sequence {i + r} of '{source}'"
+                    ),
+                )
                 batch = batch.to(rt.device)
                 losses.append(sequence_loss(model, batch, rt).item() * len(batch))
             out[f"{phase.name}/{source}"] = round(sum(losses) / len(seqs), 5)
@@ -150,7 +160,8 @@ def _checkpoint_dirs(state_dir: str) -> list[tuple[int, str]]:
 
 
 def save_checkpoint(state_dir: str, model, optimizer, position: dict, rt: parallel.Runtime) -> str:
-    """Sharded model + optimizer state (torch.distributed.checkpoint, one file per rank) and the data position."""
+    """Sharded model + optimizer state (torch.distributed.checkpoint, one file per rank) and the data
+    position."""
     path = os.path.join(state_dir, CHECKPOINTS, f"step-{position['step']:07d}")
     msd, osd = get_state_dict(model, optimizer)
     with warnings.catch_warnings():  # a single process saves without a process group, as intended
@@ -180,7 +191,8 @@ def load_checkpoint(path: str, model, optimizer) -> dict:
 
 
 def make_optimizer(model, cfg: TrainConfig, device: torch.device) -> torch.optim.AdamW:
-    """AdamW with weight decay on matrices only, not on norm gains (the usual GPT/Phi recipe); the fused kernel
+    """AdamW with weight decay on matrices only, not on norm gains (the usual GPT/Phi recipe); the fused
+    kernel
     on CUDA, the multi-tensor one on CPU (torch's CPU default is a per-tensor loop, ~2x slower here)."""
     decay = [p for p in model.parameters() if p.ndim >= 2]
     other = [p for p in model.parameters() if p.ndim < 2]
@@ -199,7 +211,8 @@ def train(
     eos_token_id: int | None = None,
     log: Callable[[str], None] = print,
 ) -> tuple[TrainResult, torch.nn.Module]:
-    """Train phase after phase for their budgets; checkpoint into `state_dir`; return the result and the model.
+    """Train phase after phase for their budgets; checkpoint into `state_dir`; return the result and the
+    model.
 
     resume: continue from the newest complete checkpoint in `state_dir` (an error if there is none); otherwise
     `state_dir` is cleared first. stop_after: stop (with a checkpoint) after this many optimizer steps of this
@@ -216,11 +229,13 @@ def train(
     total = sum(phase_steps)
     if total == 0:
         raise TrainError(
-            f"train: the phases hold {[len(p.order) for p in phases]} training sequences of {cfg.context + 1} tokens, "
+            f"train: the phases hold {[len(p.order) for p in phases]} training sequences of "
+            f"{cfg.context + 1} tokens, "
             f"fewer than one optimizer step of {global_batch} sequences (micro_batch x grad_accum x ranks); "
             f"lower train.micro_batch or train.seq_len, or raise the mix budgets"
         )
-    data_key = {  # what fixes the sequence read at each step: a checkpoint resumes only where this is unchanged
+    # what fixes the sequence read at each step: a checkpoint resumes only where this is unchanged
+    data_key = {
         "phases": {p.name: p.fingerprint for p in phases},
         "orders": {p.name: hashlib.sha256(p.order.tobytes()).hexdigest()[:16] for p in phases},
         "global_batch": global_batch,
@@ -237,7 +252,8 @@ def train(
         if position["data"] != data_key:
             raise TrainError(
                 f"--resume: {found[-1][1]} was written for other data or batch settings "
-                f"({position['data']}) than this config gives ({data_key}); resume with the same mix and train "
+                f"({position['data']}) than this config gives ({data_key}); resume with the same mix and "
+                "train "
                 f"settings, or start over without --resume"
             )
         step = position["step"]
@@ -293,7 +309,9 @@ def train(
         for m in range(cfg.grad_accum):
             ids = rows[m * cfg.micro_batch : (m + 1) * cfg.micro_batch]
             batch = torch.from_numpy(phase.sequences(ids))
-            check_ids(batch, vocab_size, lambda row: f"{phase.name}: sequence {int(ids[row])}")
+            check_ids(
+                batch, vocab_size, lambda row, ids=ids, name=phase.name: f"{name}: sequence {int(ids[row])}"
+            )
             parallel.grad_sync(model, rt, on=m == cfg.grad_accum - 1)
             loss = sequence_loss(model, batch.long().to(rt.device, non_blocking=True), rt)
             (loss / cfg.grad_accum).backward()
@@ -314,7 +332,7 @@ def train(
                 tokens=step * tokens_per_step,
                 loss=round(last_loss, 5),
                 lr=optimizer.param_groups[0]["lr"],
-                grad_norm=round(float(getattr(grad_norm, "full_tensor", lambda: grad_norm)()), 4),
+                grad_norm=round(float(getattr(grad_norm, "full_tensor", lambda g=grad_norm: g)()), 4),
                 tokens_per_s=round(tps, 1),
                 tflops=round(tps * fpt / 1e12, 3),
             )
@@ -329,7 +347,10 @@ def train(
             checkpoint()
             t_log = time.perf_counter()
         if stopping:
-            log(f"[train] stopped after {step - first} steps at step {step} of {total}; continue with --resume")
+            log(
+                f"[train] stopped after {step - first} steps at step {step} of {total}; continue with "
+                "--resume"
+            )
             break
     elapsed = time.perf_counter() - t_start
     result = TrainResult(

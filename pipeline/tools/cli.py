@@ -1,4 +1,5 @@
-"""The `phicurate` command (also `python -m pipeline`). User errors exit 2 with one paragraph, no traceback."""
+"""The `phicurate` command (also `python -m pipeline`). User errors exit 2 with one paragraph, no
+traceback."""
 
 from __future__ import annotations
 
@@ -52,7 +53,15 @@ def cmd_train(args) -> None:
 def cmd_tune(args) -> None:
     from pipeline.tools.tune import tune
 
-    tune(args.output, args.signal, config_path=args.config, at=args.at, n_samples=args.samples, plot_path=args.plot, keep=args.keep)
+    tune(
+        args.output,
+        args.signal,
+        config_path=args.config,
+        at=args.at,
+        n_samples=args.samples,
+        plot_path=args.plot,
+        keep=args.keep,
+    )
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -75,25 +84,48 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("output")
     s.set_defaults(func=cmd_status)
 
-    rp = sub.add_parser("report", help="write OUTPUT/report.html: funnel, signals, languages, dedup, synth, mixes, loss")
+    rp = sub.add_parser(
+        "report", help="write OUTPUT/report.html: funnel, signals, languages, dedup, synth, mixes, loss"
+    )
     rp.add_argument("output")
     rp.set_defaults(func=cmd_report)
 
-    t = sub.add_parser("train", help="train Phi-3 on the phase mixes (phase 1, then phase 2); also under torchrun")
+    t = sub.add_parser(
+        "train", help="train Phi-3 on the phase mixes (phase 1, then phase 2); also under torchrun"
+    )
     t.add_argument("config")
     t.add_argument("--output", help="output directory (overrides run.output)")
-    t.add_argument("--resume", action="store_true", help="continue from the newest checkpoint of an unfinished run")
-    t.add_argument("--stop-after", type=int, metavar="STEPS", help="stop with a checkpoint after this many steps")
+    t.add_argument(
+        "--resume", action="store_true", help="continue from the newest checkpoint of an unfinished run"
+    )
+    t.add_argument(
+        "--stop-after", type=int, metavar="STEPS", help="stop with a checkpoint after this many steps"
+    )
     t.set_defaults(func=cmd_train)
 
-    tu = sub.add_parser("tune", help="share of documents and tokens a threshold on one signal keeps, from annotate's columns")
+    tu = sub.add_parser(
+        "tune", help="share of documents and tokens a threshold on one signal keeps, from annotate's columns"
+    )
     tu.add_argument("output")
-    tu.add_argument("--signal", required=True, help="a signal column (e.g. edu_score, gopher_words) or a rule name")
-    tu.add_argument("--config", help="take the other select rules from this config (default: those of the last select run)")
-    tu.add_argument("--at", type=float, nargs="+", metavar="T", help="thresholds to evaluate (default: a quantile grid)")
-    tu.add_argument("--samples", type=int, default=0, metavar="N", help="print N documents on each side of the threshold")
+    tu.add_argument(
+        "--signal", required=True, help="a signal column (e.g. edu_score, gopher_words) or a rule name"
+    )
+    tu.add_argument(
+        "--config",
+        help="take the other select rules from this config (default: those of the last select run)",
+    )
+    tu.add_argument(
+        "--at", type=float, nargs="+", metavar="T", help="thresholds to evaluate (default: a quantile grid)"
+    )
+    tu.add_argument(
+        "--samples", type=int, default=0, metavar="N", help="print N documents on each side of the threshold"
+    )
     tu.add_argument("--plot", help="histogram PNG path (default: OUTPUT/tune/SIGNAL.png)")
-    tu.add_argument("--keep", choices=["above", "below"], help="for a signal without a rule in the config: which side passes")
+    tu.add_argument(
+        "--keep",
+        choices=["above", "below"],
+        help="for a signal without a rule in the config: which side passes",
+    )
     tu.set_defaults(func=cmd_tune)
 
     from classifiers.cli import add_parser as add_classifier_parser

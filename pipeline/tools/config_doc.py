@@ -12,7 +12,6 @@ import io
 import json
 import sys
 import tokenize
-import types
 import typing
 
 from pydantic import BaseModel
@@ -24,7 +23,9 @@ def field_comments(cls: type[BaseModel]) -> dict[str, str]:
     """Field name -> the comment written beside (or above) its declaration in the class body."""
     comments: dict[str, str] = {}
     for klass in reversed(cls.__mro__):
-        if not (isinstance(klass, type) and issubclass(klass, BaseModel)) or klass.__module__.startswith("pydantic"):
+        if not (isinstance(klass, type) and issubclass(klass, BaseModel)) or klass.__module__.startswith(
+            "pydantic"
+        ):
             continue
         try:
             source = inspect.getsource(klass)
@@ -33,14 +34,21 @@ def field_comments(cls: type[BaseModel]) -> dict[str, str]:
         lines = source.splitlines()
         above: list[str] = []
         tokens = tokenize.generate_tokens(io.StringIO(source).readline)
-        line_comment = {t.start[0]: t.string.lstrip("#").strip() for t in tokens if t.type == tokenize.COMMENT}
+        line_comment = {
+            t.start[0]: t.string.lstrip("#").strip() for t in tokens if t.type == tokenize.COMMENT
+        }
         for no, line in enumerate(lines, start=1):
             stripped = line.strip()
             if stripped.startswith("#"):
                 above.append(line_comment.get(no, ""))
                 continue
             name = stripped.split(":", 1)[0]
-            if line.startswith("    ") and not line.startswith("     ") and name.isidentifier() and ":" in stripped:
+            if (
+                line.startswith("    ")
+                and not line.startswith("     ")
+                and name.isidentifier()
+                and ":" in stripped
+            ):
                 text = line_comment.get(no) or " ".join(above)
                 if text:
                     comments[name] = text
@@ -133,7 +141,9 @@ def render() -> str:
             sub = _sections(field.annotation)
             meaning = comments.get(name) or (f"see `{paths_of(name, cls, where)}`" if sub else "")
             type_name = _type_name(field.annotation).replace("|", "\\|")
-            out.append(f"| `{name}` | `{type_name}` | {_default(field)} | {meaning.replace('|', chr(92) + '|')} |")
+            out.append(
+                f"| `{name}` | `{type_name}` | {_default(field)} | {meaning.replace('|', chr(92) + '|')} |"
+            )
         out.append("")
     return "\n".join(out)
 

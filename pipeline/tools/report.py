@@ -48,8 +48,10 @@ def funnel(records: dict, out_dir: str) -> tuple[str, str]:
     kept = [records[s]["docs_out"] for s in stages]
     ax.bar(stages, kept, color="#3b7dd8", label="kept")
     bottom = np.array(kept, dtype=float)
-    reasons = sorted({k for s in stages for k in records[s]["dropped"]},
-                     key=lambda k: -sum(records[s]["dropped"].get(k, 0) for s in stages))
+    reasons = sorted(
+        {k for s in stages for k in records[s]["dropped"]},
+        key=lambda k: -sum(records[s]["dropped"].get(k, 0) for s in stages),
+    )
     cmap = plt.get_cmap("tab20")
     for i, reason in enumerate(reasons[:19]):
         vals = np.array([records[s]["dropped"].get(reason, 0) for s in stages], dtype=float)
@@ -67,19 +69,26 @@ def funnel(records: dict, out_dir: str) -> tuple[str, str]:
         if r.get("status") != "complete":
             rows.append(f"<tr><td>{s}</td><td colspan=6>incomplete</td></tr>")
             continue
-        reasons_txt = ", ".join(f"{html.escape(k)} {v}" for k, v in sorted(r["dropped"].items(), key=lambda kv: -kv[1]))
+        reasons_txt = ", ".join(
+            f"{html.escape(k)} {v}" for k, v in sorted(r["dropped"].items(), key=lambda kv: -kv[1])
+        )
         rows.append(
             f"<tr data-stage='{s}'><td>{s}</td><td class=n data-key=docs_in>{r['docs_in']}</td>"
-            f"<td class=n data-key=docs_out>{r['docs_out']}</td><td class=n data-key=dropped>{sum(r['dropped'].values())}</td>"
-            f"<td class=n data-key=tokens_out>{r['tokens_out']}</td><td class=n>{r['wall_s']}</td><td>{reasons_txt}</td></tr>"
+            f"<td class=n data-key=docs_out>{r['docs_out']}</td><td class=n "
+            f"data-key=dropped>{sum(r['dropped'].values())}</td>"
+            f"<td class=n data-key=tokens_out>{r['tokens_out']}</td><td "
+            f"class=n>{r['wall_s']}</td><td>{reasons_txt}</td></tr>"
         )
-    table = ("<table id=funnel><tr><th>stage</th><th>docs in</th><th>kept</th><th>dropped</th><th>tokens out</th>"
-             "<th>wall s</th><th>drop reasons</th></tr>" + "".join(rows) + "</table>")
+    table = (
+        "<table id=funnel><tr><th>stage</th><th>docs in</th><th>kept</th><th>dropped</th><th>tokens out</th>"
+        "<th>wall s</th><th>drop reasons</th></tr>" + "".join(rows) + "</table>"
+    )
     return png, table
 
 
 def signals(output: str, records: dict, out_dir: str) -> list[tuple[str, str]]:
-    """A histogram per numeric signal of annotate's output, with select's threshold marked where a rule uses it."""
+    """A histogram per numeric signal of annotate's output, with select's threshold marked where a rule uses
+    it."""
     t = _parts(output, "annotate")
     if t is None:
         return []
@@ -93,8 +102,11 @@ def signals(output: str, records: dict, out_dir: str) -> list[tuple[str, str]]:
             if r.op in ("<", ">") and isinstance(r.threshold, (int, float)):
                 thresholds.setdefault(r.column, []).append(float(r.threshold))
     out = []
-    cols = [f.name for f in t.schema if f.name not in BASE_COLUMNS
-            and (pa.types.is_integer(f.type) or pa.types.is_floating(f.type))]
+    cols = [
+        f.name
+        for f in t.schema
+        if f.name not in BASE_COLUMNS and (pa.types.is_integer(f.type) or pa.types.is_floating(f.type))
+    ]
     for col in cols:
         v = t[col].drop_null().to_numpy(zero_copy_only=False).astype(float)
         if not len(v):
@@ -112,7 +124,9 @@ def languages(output: str, out_dir: str) -> str | None:
     t = _parts(output, "annotate", ["lang"])
     if t is None or "lang" not in t.column_names:
         return None
-    counts = sorted(((r["values"], r["counts"]) for r in pc.value_counts(t["lang"]).to_pylist()), key=lambda x: -x[1])[:20]
+    counts = sorted(
+        ((r["values"], r["counts"]) for r in pc.value_counts(t["lang"]).to_pylist()), key=lambda x: -x[1]
+    )[:20]
     fig, ax = plt.subplots(figsize=(7, 3), dpi=100)
     ax.bar([str(k) for k, _ in counts], [v for _, v in counts], color="#8c6bb1")
     ax.set_title("language mix of ingested documents (top 20)")
@@ -151,7 +165,9 @@ def synth_section(records: dict, out_dir: str) -> tuple[str | None, str]:
         png = _png(fig, out_dir, "synth.png")
     scalars = {k: v for k, v in div.items() if not isinstance(v, dict)}
     rows = "".join(f"<tr><td>{html.escape(k)}</td><td class=n>{v}</td></tr>" for k, v in scalars.items())
-    qc = "".join(f"<tr><td>dropped: {html.escape(k)}</td><td class=n>{v}</td></tr>" for k, v in rec["dropped"].items())
+    qc = "".join(
+        f"<tr><td>dropped: {html.escape(k)}</td><td class=n>{v}</td></tr>" for k, v in rec["dropped"].items()
+    )
     return png, f"<table id=synth><tr><th>diversity and quality control</th><th></th></tr>{rows}{qc}</table>"
 
 
@@ -177,10 +193,13 @@ def mix_section(output: str, out_dir: str) -> tuple[str | None, str]:
         f"<tr data-phase='{p}' data-source='{html.escape(s)}'><td>{p}</td><td>{html.escape(s)}</td>"
         f"<td class=n>{v['tokens']}</td><td class=n>{v['docs']}</td><td class=n>{v['weight']:.3f}</td>"
         f"<td class=n>{v['epochs']}</td></tr>"
-        for p, m in phases.items() for s, v in m["sources"].items()
+        for p, m in phases.items()
+        for s, v in m["sources"].items()
     )
-    return png, ("<table id=mix><tr><th>phase</th><th>source</th><th>tokens</th><th>docs</th><th>weight</th>"
-                 f"<th>epochs</th></tr>{rows}</table>")
+    return png, (
+        "<table id=mix><tr><th>phase</th><th>source</th><th>tokens</th><th>docs</th><th>weight</th>"
+        f"<th>epochs</th></tr>{rows}</table>"
+    )
 
 
 def loss_curve(output: str, out_dir: str) -> str | None:
@@ -200,7 +219,9 @@ def _img(src: str | None, alt: str) -> str:
 def write_report(output: str) -> str:
     """Write OUTPUT/report.html and OUTPUT/report/*.png; return the page's path."""
     if "://" in output:
-        raise UserError(f"{output}: report writes next to a local output directory; copy the run's output locally first")
+        raise UserError(
+            f"{output}: report writes next to a local output directory; copy the run's output locally first"
+        )
     records = stage_records(output)
     out_dir = os.path.join(output, "report")
     os.makedirs(out_dir, exist_ok=True)
@@ -210,15 +231,22 @@ def write_report(output: str) -> str:
     mix_png, mix_table = mix_section(output, out_dir)
     sections = [
         ("Funnel: documents and tokens through the stages", _img(funnel_png, "funnel") + funnel_table),
-        ("Signals (annotate), select thresholds in red", "".join(_img(p, c) for c, p in sig) or "<p>annotate has not run</p>"),
+        (
+            "Signals (annotate), select thresholds in red",
+            "".join(_img(p, c) for c, p in sig) or "<p>annotate has not run</p>",
+        ),
         ("Language mix", _img(languages(output, out_dir), "languages") or "<p>no language column</p>"),
-        ("Deduplication", _img(dedup_clusters(output, out_dir), "dedup clusters") or "<p>dedup has not run</p>"),
+        (
+            "Deduplication",
+            _img(dedup_clusters(output, out_dir), "dedup clusters") or "<p>dedup has not run</p>",
+        ),
         ("Synthetic textbooks", (_img(synth_png, "synth") + synth_table) or "<p>synth has not run</p>"),
         ("Phase mixes", (_img(mix_png, "mix") + mix_table) or "<p>mix has not run</p>"),
         ("Training", _img(loss_curve(output, out_dir), "loss curve") or "<p>train has not run</p>"),
     ]
     body = "".join(f"<section><h2>{html.escape(t)}</h2>{c}</section>" for t, c in sections)
-    page = f"""<!doctype html><html><head><meta charset="utf-8"><title>phicurate report: {html.escape(output)}</title>
+    title = f"phicurate report: {html.escape(output)}"
+    page = f"""<!doctype html><html><head><meta charset="utf-8"><title>{title}</title>
 <style>body{{font-family:system-ui,sans-serif;margin:2em;max-width:1200px}} img{{max-width:100%;margin:4px}}
 table{{border-collapse:collapse;margin:1em 0}} td,th{{border:1px solid #ccc;padding:3px 8px;font-size:13px}}
 td.n{{text-align:right;font-variant-numeric:tabular-nums}} section img{{vertical-align:top}}</style></head>

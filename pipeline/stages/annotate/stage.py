@@ -26,7 +26,8 @@ def _with_drop_columns(table: pa.Table) -> pa.Table:
 
 
 def _cpus_per_actor(workers: int) -> float:
-    """One CPU each, but leave one CPU of the cluster free: actors hold their CPUs for the whole stage, and the
+    """One CPU each, but leave one CPU of the cluster free: actors hold their CPUs for the whole stage, and
+    the
     tasks that read the input need one, or the pool waits on a read that never starts (seen on 2 CPUs)."""
     total = ray.cluster_resources().get("CPU", 1)
     return min(1.0, max(0.1, (total - 1) / workers))
@@ -37,16 +38,23 @@ def run(ctx: StageContext) -> StageOutput:
     # Checked here, not when the config is validated: the classifier is often trained by an earlier step
     # of the same job (`make demo` does), after `phicurate validate` ran.
     if cfg.edu_model and "://" not in cfg.edu_model and not os.path.isfile(cfg.edu_model):
-        raise UserError(f"annotate.edu_model: model file '{cfg.edu_model}' not found (relative to {os.getcwd()}); "
-                        "train one with `phicurate classifier train --labels FILE --out DIR`")
-    # Blocks of one batch each, streamed (no shuffle): an ingest part is one block, which one actor would get whole.
-    docs = ctx.read("ingest").repartition(target_num_rows_per_block=cfg.batch_size).map_batches(
-        Annotator,
-        fn_constructor_kwargs=dict(lid_model=cfg.lid_model, edu_model=cfg.edu_model),
-        batch_size=cfg.batch_size,
-        batch_format="pyarrow",
-        compute=ray.data.ActorPoolStrategy(size=cfg.workers),
-        num_cpus=_cpus_per_actor(cfg.workers),
+        raise UserError(
+            f"annotate.edu_model: model file '{cfg.edu_model}' not found (relative to {os.getcwd()}); "
+            "train one with `phicurate classifier train --labels FILE --out DIR`"
+        )
+    # Blocks of one batch each, streamed (no shuffle): an ingest part is one block, which one actor would get
+    # whole.
+    docs = (
+        ctx.read("ingest")
+        .repartition(target_num_rows_per_block=cfg.batch_size)
+        .map_batches(
+            Annotator,
+            fn_constructor_kwargs=dict(lid_model=cfg.lid_model, edu_model=cfg.edu_model),
+            batch_size=cfg.batch_size,
+            batch_format="pyarrow",
+            compute=ray.data.ActorPoolStrategy(size=cfg.workers),
+            num_cpus=_cpus_per_actor(cfg.workers),
+        )
     )
     return StageOutput(docs=docs.map_batches(_with_drop_columns, batch_format="pyarrow"))
 

@@ -51,7 +51,9 @@ def _small_star(t: pa.Table) -> pa.Table:
     when a had more than one smaller neighbour or an edge into a was changed by the large-star step."""
     t = t.group_by(["a", "b"]).aggregate([("changed", "any")])
     g = t.group_by("a").aggregate([("b", "min"), ("b", "count"), ("changed_any", "any")])
-    centre = pa.table({"a": g["a"], "b": g["b_min"], "changed": pc.or_(pc.greater(g["b_count"], 1), g["changed_any_any"])})
+    centre = pa.table(
+        {"a": g["a"], "b": g["b_min"], "changed": pc.or_(pc.greater(g["b_count"], 1), g["changed_any_any"])}
+    )
     t = t.join(g.select(["a", "b_min"]), "a")
     t = t.filter(pc.not_equal(t["b"], t["b_min"]))
     leaves = pa.table({"a": t["b"], "b": t["b_min"], "changed": pa.array([True] * t.num_rows, pa.bool_())})
@@ -76,7 +78,9 @@ def _sizes(t: pa.Table) -> pa.Table:
 
 def _step(ds: "ray.data.Dataset", rows, reduce, partitions: int) -> "ray.data.Dataset":
     """`rows` tags each row with its partition, `reduce` runs on each partition."""
-    return by_part(ds.map_batches(rows, batch_format="pyarrow", fn_kwargs={"partitions": partitions}), partitions, reduce)
+    return by_part(
+        ds.map_batches(rows, batch_format="pyarrow", fn_kwargs={"partitions": partitions}), partitions, reduce
+    )
 
 
 def _changed(t: pa.Table) -> dict[str, int]:
@@ -93,8 +97,10 @@ def clusters(
     edges = pairs.select_columns(["a", "b"]).materialize()
     if edges.count() == 0:  # Ray's hash shuffle cannot partition a Dataset without a single row
         return ray.data.from_arrow(CLUSTER_SCHEMA.empty_table()), 0
-    for rounds in range(1, max_rounds + 1):
-        edges = _step(_step(edges, _large_star_rows, _large_star, partitions), _small_star_rows, _small_star, partitions)
+    for rounds in range(1, max_rounds + 1):  # noqa: B007 (returned: the rounds it took)
+        edges = _step(
+            _step(edges, _large_star_rows, _large_star, partitions), _small_star_rows, _small_star, partitions
+        )
         edges = edges.materialize()
         changed = tally(edges, _changed).get("changed", 0)
         if not changed:

@@ -17,9 +17,11 @@ class DedupConfig(Section):
     num_perm: int = Field(112, ge=2, le=1024)  # MinHash permutations (signature length)
     bands: int | None = Field(None, ge=1)  # LSH bands; with `rows`; default 14 unless `threshold` is set
     rows: int | None = Field(None, ge=1)  # rows (signature values) per band; default 8
-    threshold: float | None = Field(None, gt=0, lt=1)  # target Jaccard; bands/rows derived (datasketch's optimum)
+    # target Jaccard; bands/rows derived (datasketch's optimum)
+    threshold: float | None = Field(None, gt=0, lt=1)
     seed: int = 1  # MinHash permutation seed: same seed, same clusters
-    score_column: str | None = "edu_score"  # the kept document is the one with the highest score, then smallest id
+    # the kept document is the one with the highest score, then smallest id
+    score_column: str | None = "edu_score"
     partitions: int | None = Field(None, ge=1)  # shuffle partitions; default max(cluster CPUs, rows / 1M)
     # drop near-duplicate candidate pairs whose true Jaccard of shingle sets is below this (two more shuffles)
     verify_threshold: float | None = Field(None, gt=0, le=1)
@@ -27,7 +29,9 @@ class DedupConfig(Section):
     @model_validator(mode="after")
     def _banding(self) -> "DedupConfig":
         if (self.bands is None) != (self.rows is None):
-            raise ValueError("give both 'bands' and 'rows', or neither (then 'threshold' or the default 14 x 8)")
+            raise ValueError(
+                "give both 'bands' and 'rows', or neither (then 'threshold' or the default 14 x 8)"
+            )
         if self.bands is not None and self.threshold is not None:
             raise ValueError("give either 'bands'/'rows' or 'threshold', not both")
         b, r = self.bands_rows()

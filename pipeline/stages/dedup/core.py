@@ -40,10 +40,17 @@ ROWS_PER_PARTITION = 1_000_000  # key rows one shuffle partition holds at most (
 OUT_COLUMNS = ("dup_cluster", "dup_cluster_size", "drop_reason", "drop_detail")
 # Columns the assign shuffle adds to the documents; node rows fill ROOT/SIZE, exact-copy rows EXACT.
 RANK, ROOT, SIZE, EXACT = "_dedup_rank", "_dedup_root", "_dedup_size", "_dedup_exact"
-ASSIGN_FIELDS = [pa.field(PART, pa.int64()), pa.field(RANK, pa.string()), pa.field(ROOT, pa.string()),
-                 pa.field(SIZE, pa.int64()), pa.field(EXACT, pa.string())]
+ASSIGN_FIELDS = [
+    pa.field(PART, pa.int64()),
+    pa.field(RANK, pa.string()),
+    pa.field(ROOT, pa.string()),
+    pa.field(SIZE, pa.int64()),
+    pa.field(EXACT, pa.string()),
+]
 # Pair rows (a, b) and text rows (a or b = rank, text) of the verify shuffles.
-VERIFY_SCHEMA = pa.schema([(PART, pa.int64()), ("a", pa.string()), ("b", pa.string()), ("text", pa.large_string())])
+VERIFY_SCHEMA = pa.schema(
+    [(PART, pa.int64()), ("a", pa.string()), ("b", pa.string()), ("text", pa.large_string())]
+)
 
 
 def _live(batch: pa.Table) -> pa.Table:
@@ -65,7 +72,9 @@ def _id_of(ranks: pa.Array | pa.ChunkedArray) -> pa.Array:
 def _conform(t: pa.Table, schema: pa.Schema) -> pa.Table:
     """`t` with exactly `schema`'s columns (missing ones null): Ray's hash shuffle concatenates the pieces
     of a partition without unifying schemas, so every Dataset in one shuffle has the same schema."""
-    cols = [t[f.name].cast(f.type) if f.name in t.column_names else pa.nulls(t.num_rows, f.type) for f in schema]
+    cols = [
+        t[f.name].cast(f.type) if f.name in t.column_names else pa.nulls(t.num_rows, f.type) for f in schema
+    ]
     return pa.Table.from_arrays(cols, schema=schema)
 
 
@@ -91,6 +100,7 @@ def _pairs(edges: pa.Table, exact: bool | None) -> pa.Table:
 
 # ---- verify ----
 
+
 def _text_rows(batch: pa.Table, cfg: "DedupConfig", reference: bool, end: str, partitions: int) -> pa.Table:
     """(rank in column `end`, text) of the live documents, partitioned by rank."""
     batch = _live(batch)
@@ -108,7 +118,10 @@ def _with_text_a(t: pa.Table, partitions: int) -> pa.Table:
     texts = t.filter(pc.is_null(t["b"]))
     pairs = t.filter(pc.is_valid(t["b"])).group_by(["a", "b"]).aggregate([])
     text = pc.take(texts["text"], pc.index_in(pairs["a"], value_set=texts["a"].combine_chunks()))
-    return _conform(pa.table({PART: part_of(pairs["b"], partitions), "a": pairs["a"], "b": pairs["b"], "text": text}), VERIFY_SCHEMA)
+    return _conform(
+        pa.table({PART: part_of(pairs["b"], partitions), "a": pairs["a"], "b": pairs["b"], "text": text}),
+        VERIFY_SCHEMA,
+    )
 
 
 def _check(t: pa.Table, ngram: int, threshold: float) -> pa.Table:
@@ -119,7 +132,9 @@ def _check(t: pa.Table, ngram: int, threshold: float) -> pa.Table:
     text_b = pc.take(texts["text"], pc.index_in(pairs["b"], value_set=texts["b"].combine_chunks()))
     sets: dict[str, set[bytes]] = {}  # a document meets several partners here: shingle it once
     keep = []
-    for a, b, ta, tb in zip(pairs["a"].to_pylist(), pairs["b"].to_pylist(), pairs["text"].to_pylist(), text_b.to_pylist()):
+    for a, b, ta, tb in zip(
+        pairs["a"].to_pylist(), pairs["b"].to_pylist(), pairs["text"].to_pylist(), text_b.to_pylist()
+    ):
         sa = sets[a] if a in sets else sets.setdefault(a, shingles(ta, ngram))
         sb = sets[b] if b in sets else sets.setdefault(b, shingles(tb, ngram))
         keep.append(len(sa & sb) >= threshold * len(sa | sb))
@@ -127,7 +142,11 @@ def _check(t: pa.Table, ngram: int, threshold: float) -> pa.Table:
 
 
 def _verify(
-    near: "ray.data.Dataset", ds: "ray.data.Dataset", reference: "ray.data.Dataset | None", cfg: "DedupConfig", parts: int
+    near: "ray.data.Dataset",
+    ds: "ray.data.Dataset",
+    reference: "ray.data.Dataset | None",
+    cfg: "DedupConfig",
+    parts: int,
 ) -> tuple["ray.data.Dataset", dict[str, int]]:
     """The near pairs that pass verification, and how many were checked and removed."""
 
@@ -135,18 +154,26 @@ def _verify(
         kw = {"cfg": cfg, "end": end, "partitions": parts}
         t = ds.map_batches(_text_rows, batch_format="pyarrow", fn_kwargs={**kw, "reference": False})
         if reference is not None:
-            t = t.union(reference.map_batches(_text_rows, batch_format="pyarrow", fn_kwargs={**kw, "reference": True}))
+            t = t.union(
+                reference.map_batches(_text_rows, batch_format="pyarrow", fn_kwargs={**kw, "reference": True})
+            )
         return t
 
-    pairs = near.map_batches(_pair_rows, batch_format="pyarrow", fn_kwargs={"partitions": parts}).union(texts("a"))
+    pairs = near.map_batches(_pair_rows, batch_format="pyarrow", fn_kwargs={"partitions": parts}).union(
+        texts("a")
+    )
     pairs = by_part(pairs, parts, _with_text_a, partitions=parts).union(texts("b"))
     checked = by_part(pairs, parts, _check, ngram=cfg.ngram, threshold=cfg.verify_threshold).materialize()
     counts = tally(checked, lambda t: {"checked": t.num_rows, "kept": pc.sum(t["keep"]).as_py() or 0})
     kept = checked.map_batches(lambda t: t.filter(t["keep"]).select(["a", "b"]), batch_format="pyarrow")
-    return kept, {"verify_checked": counts.get("checked", 0), "verify_removed": counts.get("checked", 0) - counts.get("kept", 0)}
+    return kept, {
+        "verify_checked": counts.get("checked", 0),
+        "verify_removed": counts.get("checked", 0) - counts.get("kept", 0),
+    }
 
 
 # ---- assign ----
+
 
 def _doc_rows(batch: pa.Table, cfg: "DedupConfig", partitions: int, schema: pa.Schema) -> pa.Table:
     rank = _ranks(batch, cfg, reference=False)
@@ -175,18 +202,36 @@ def _assign(t: pa.Table) -> pa.Table:
     root, size = pc.take(nodes[ROOT], at), pc.take(nodes[SIZE], at)
     rep = pc.take(exact[EXACT], pc.index_in(rank, value_set=exact[RANK].combine_chunks()))
     n = docs.num_rows
-    prior = docs["drop_reason"].cast(pa.string()) if "drop_reason" in docs.column_names else pa.nulls(n, pa.string())
-    prior_detail = docs["drop_detail"].cast(pa.string()) if "drop_detail" in docs.column_names else pa.nulls(n, pa.string())
+    prior = (
+        docs["drop_reason"].cast(pa.string())
+        if "drop_reason" in docs.column_names
+        else pa.nulls(n, pa.string())
+    )
+    prior_detail = (
+        docs["drop_detail"].cast(pa.string())
+        if "drop_detail" in docs.column_names
+        else pa.nulls(n, pa.string())
+    )
     live = pc.is_null(prior)
     is_exact_dup = pc.and_(live, pc.is_valid(rep))  # exact rows only exist for a copy other than the kept one
-    is_near_dup = pc.and_(pc.and_(live, pc.invert(is_exact_dup)), pc.fill_null(pc.not_equal(root, rank), False))
+    is_near_dup = pc.and_(
+        pc.and_(live, pc.invert(is_exact_dup)), pc.fill_null(pc.not_equal(root, rank), False)
+    )
     out = {
-        "dup_cluster": pc.if_else(live, pc.coalesce(_id_of(root), docs["id"].cast(pa.string())), pa.scalar(None, pa.string())),
-        "dup_cluster_size": pc.if_else(live, pc.coalesce(size, pa.scalar(1, pa.int64())), pa.scalar(None, pa.int64())),
+        "dup_cluster": pc.if_else(
+            live, pc.coalesce(_id_of(root), docs["id"].cast(pa.string())), pa.scalar(None, pa.string())
+        ),
+        "dup_cluster_size": pc.if_else(
+            live, pc.coalesce(size, pa.scalar(1, pa.int64())), pa.scalar(None, pa.int64())
+        ),
         "drop_reason": pc.if_else(is_exact_dup, "exact_dup", pc.if_else(is_near_dup, "near_dup", prior)),
-        "drop_detail": pc.if_else(is_exact_dup, _id_of(rep), pc.if_else(is_near_dup, _id_of(root), prior_detail)),
+        "drop_detail": pc.if_else(
+            is_exact_dup, _id_of(rep), pc.if_else(is_near_dup, _id_of(root), prior_detail)
+        ),
     }
-    docs = docs.drop_columns([c for c in docs.column_names if c in OUT_COLUMNS or c in {f.name for f in ASSIGN_FIELDS}])
+    docs = docs.drop_columns(
+        [c for c in docs.column_names if c in OUT_COLUMNS or c in {f.name for f in ASSIGN_FIELDS}]
+    )
     for name, values in out.items():
         docs = docs.append_column(name, values)
     return docs
@@ -208,11 +253,19 @@ def dedup_dataset(
     parts = cfg.partitions
     if parts is None:
         docs = ds.count() + (reference.count() if reference is not None else 0)
-        parts = max(int(ray.cluster_resources().get("CPU", 1)), math.ceil(docs * rows_per_doc / ROWS_PER_PARTITION))
-    keys = ds.map_batches(_key_rows, batch_format="pyarrow", fn_kwargs={"cfg": cfg, "reference": False, "partitions": parts})
+        parts = max(
+            int(ray.cluster_resources().get("CPU", 1)), math.ceil(docs * rows_per_doc / ROWS_PER_PARTITION)
+        )
+    keys = ds.map_batches(
+        _key_rows, batch_format="pyarrow", fn_kwargs={"cfg": cfg, "reference": False, "partitions": parts}
+    )
     if reference is not None:
         keys = keys.union(
-            reference.map_batches(_key_rows, batch_format="pyarrow", fn_kwargs={"cfg": cfg, "reference": True, "partitions": parts})
+            reference.map_batches(
+                _key_rows,
+                batch_format="pyarrow",
+                fn_kwargs={"cfg": cfg, "reference": True, "partitions": parts},
+            )
         )
     edges = by_part(keys, parts, lsh.bucket_edges).materialize()  # read three times below
     details = {"shuffle_partitions": parts, "candidate_edges": edges.count()}
@@ -229,14 +282,24 @@ def dedup_dataset(
         details.update(checked)
     clusters, rounds = components.clusters(pairs, parts)
     clusters = clusters.materialize()
-    details.update({
-        "docs_with_duplicates": clusters.count(),
-        "clusters": tally(clusters, lambda t: {"roots": pc.sum(pc.equal(t["rank"], t["root"])).as_py() or 0}).get("roots", 0),
-        "cc_rounds": rounds,
-    })
-    base = [f.with_nullable(True) for f in ds.schema().base_schema if f.name not in {f.name for f in ASSIGN_FIELDS}]
+    details.update(
+        {
+            "docs_with_duplicates": clusters.count(),
+            "clusters": tally(
+                clusters, lambda t: {"roots": pc.sum(pc.equal(t["rank"], t["root"])).as_py() or 0}
+            ).get("roots", 0),
+            "cc_rounds": rounds,
+        }
+    )
+    base = [
+        f.with_nullable(True)
+        for f in ds.schema().base_schema
+        if f.name not in {f.name for f in ASSIGN_FIELDS}
+    ]
     schema = pa.schema(base + ASSIGN_FIELDS)
-    docs = ds.map_batches(_doc_rows, batch_format="pyarrow", fn_kwargs={"cfg": cfg, "partitions": parts, "schema": schema})
+    docs = ds.map_batches(
+        _doc_rows, batch_format="pyarrow", fn_kwargs={"cfg": cfg, "partitions": parts, "schema": schema}
+    )
     if details["docs_with_duplicates"]:
         kw = {"partitions": parts, "schema": schema}
         nodes = clusters.map_batches(_node_rows, batch_format="pyarrow", fn_kwargs=kw)

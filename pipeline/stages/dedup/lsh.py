@@ -16,7 +16,13 @@ from pipeline.stages.dedup.shuffle import PART
 EDGE_SCHEMA = pa.schema([("a", pa.string()), ("b", pa.string()), ("exact", pa.bool_())])
 
 
-def key_rows(ranks: list[str], exact: list[bytes] | None, bands: np.ndarray | None, has_words: np.ndarray, partitions: int) -> pa.Table:
+def key_rows(
+    ranks: list[str],
+    exact: list[bytes] | None,
+    bands: np.ndarray | None,
+    has_words: np.ndarray,
+    partitions: int,
+) -> pa.Table:
     """(PART, key, rank, exact) rows: one per document for its exact hash (16 bytes), one per band for
     documents with words (8-byte band key)."""
     keys: list[bytes] = []
@@ -34,7 +40,12 @@ def key_rows(ranks: list[str], exact: list[bytes] | None, bands: np.ndarray | No
         flag += [False] * rows.size
     part = [int.from_bytes(k[:8], "little") % partitions for k in keys]
     return pa.table(
-        {PART: pa.array(part, pa.int64()), "key": pa.array(keys, pa.binary()), "rank": pa.array(rank, pa.string()), "exact": pa.array(flag, pa.bool_())}
+        {
+            PART: pa.array(part, pa.int64()),
+            "key": pa.array(keys, pa.binary()),
+            "rank": pa.array(rank, pa.string()),
+            "exact": pa.array(flag, pa.bool_()),
+        }
     )
 
 

@@ -1,4 +1,5 @@
-"""LSH band/row math: the chance that a pair at Jaccard s becomes a candidate, and bands x rows for a threshold.
+"""LSH band/row math: the chance that a pair at Jaccard s becomes a candidate, and bands x rows for a
+threshold.
 
 A pair at Jaccard s agrees on one MinHash value with probability s, on a whole band of r rows with s**r,
 and collides in at least one of b bands with 1 - (1 - s**r)**b: the S-curve whose steepest point is

@@ -40,7 +40,9 @@ def by_part(ds: "ray.data.Dataset", n: int, fn: Callable[..., pa.Table], **fn_kw
 def tally(ds: "ray.data.Dataset", fn: Callable[[pa.Table], dict[str, int]]) -> dict[str, int]:
     """Counts `fn` takes of each block, summed on the driver: one small row per block comes back.
     (Dataset.sum would run a hash-shuffle aggregation to return one number.)"""
-    rows = ds.map_batches(lambda t: pa.table({k: [v] for k, v in fn(t).items()}), batch_format="pyarrow", batch_size=None).take_all()
+    rows = ds.map_batches(
+        lambda t: pa.table({k: [v] for k, v in fn(t).items()}), batch_format="pyarrow", batch_size=None
+    ).take_all()
     total: dict[str, int] = {}
     for row in rows:
         for k, v in row.items():

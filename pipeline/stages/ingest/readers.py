@@ -38,8 +38,18 @@ class InputFile:
     url_field: str | None = "url"
 
 
-def _row(f: InputFile, pos: str, given_id: str | None = None, *, text=None, html=None, url=None, meta=None,
-         reason=None, detail=None) -> dict:
+def _row(
+    f: InputFile,
+    pos: str,
+    given_id: str | None = None,
+    *,
+    text=None,
+    html=None,
+    url=None,
+    meta=None,
+    reason=None,
+    detail=None,
+) -> dict:
     return {
         "id": stable_id(f.source, given_id) if given_id else stable_id(f.source, f.rel, pos),
         "text": text,
@@ -53,8 +63,15 @@ def _row(f: InputFile, pos: str, given_id: str | None = None, *, text=None, html
 
 
 def _too_large(f: InputFile, pos: str, given: str | None, text: str, size: int, limit: int, **kw) -> dict:
-    return _row(f, pos, given, text=text[:PREVIEW_CHARS], reason="too_large",
-                detail=f"{f.path} {pos}: {size} bytes > limit {limit}; kept aside truncated to {PREVIEW_CHARS} chars", **kw)
+    return _row(
+        f,
+        pos,
+        given,
+        text=text[:PREVIEW_CHARS],
+        reason="too_large",
+        detail=f"{f.path} {pos}: {size} bytes > limit {limit}; kept aside truncated to {PREVIEW_CHARS} chars",
+        **kw,
+    )
 
 
 def read_jsonl(f: InputFile, max_doc_bytes: int) -> Iterator[dict]:
@@ -69,24 +86,40 @@ def read_jsonl(f: InputFile, max_doc_bytes: int) -> Iterator[dict]:
                 try:
                     line = raw.decode("utf-8")
                 except UnicodeDecodeError as e:
-                    yield _row(f, pos, text=raw.decode("utf-8", "replace")[:PREVIEW_CHARS], reason="bad_utf8",
-                               detail=f"{f.path} {pos}: invalid UTF-8 at byte {e.start}")
+                    yield _row(
+                        f,
+                        pos,
+                        text=raw.decode("utf-8", "replace")[:PREVIEW_CHARS],
+                        reason="bad_utf8",
+                        detail=f"{f.path} {pos}: invalid UTF-8 at byte {e.start}",
+                    )
                     continue
                 try:
                     rec = json.loads(line)
                 except json.JSONDecodeError as e:
-                    yield _row(f, pos, text=line[:PREVIEW_CHARS], reason="bad_json", detail=f"{f.path} {pos}: {e}")
+                    yield _row(
+                        f, pos, text=line[:PREVIEW_CHARS], reason="bad_json", detail=f"{f.path} {pos}: {e}"
+                    )
                     continue
                 if not isinstance(rec, dict) or not isinstance(rec.get(f.text_field), str):
-                    yield _row(f, pos, text=line[:PREVIEW_CHARS], reason="bad_json",
-                               detail=f"{f.path} {pos}: expected an object with a string field '{f.text_field}'")
+                    yield _row(
+                        f,
+                        pos,
+                        text=line[:PREVIEW_CHARS],
+                        reason="bad_json",
+                        detail=f"{f.path} {pos}: expected an object with a string field '{f.text_field}'",
+                    )
                     continue
                 yield _doc_from_mapping(f, pos, rec, max_doc_bytes)
     except (EOFError, zlib.error, OSError) as e:
         if isinstance(e, FileNotFoundError):
             raise
-        yield _row(f, f"line {line_no + 1}", reason="truncated_file",
-                   detail=f"{f.path}: unreadable after line {line_no}: {e}")
+        yield _row(
+            f,
+            f"line {line_no + 1}",
+            reason="truncated_file",
+            detail=f"{f.path}: unreadable after line {line_no}: {e}",
+        )
 
 
 @contextmanager
@@ -154,15 +187,20 @@ def read_warc(f: InputFile, max_html_bytes: int, skipped: dict[str, int]) -> Ite
                     skipped[record.rec_type] = skipped.get(record.rec_type, 0) + 1
                     offset = it.get_record_offset()
                     continue
-                head = _http_head(record)  # read the payload before asking for the offset: asking reads to the end
+                # read the payload before asking for the offset: asking reads to the end
+                head = _http_head(record)
                 offset = it.get_record_offset()
                 yield _warc_doc(f, record, head, f"offset {offset}", max_html_bytes)
     except (ArchiveLoadFailed, EOFError, zlib.error, OSError, ValueError) as e:
         if isinstance(e, FileNotFoundError):
             raise
         reason = "bad_warc" if isinstance(e, ArchiveLoadFailed) else "truncated_file"
-        yield _row(f, f"after offset {offset}", reason=reason,
-                   detail=f"{f.path}: unreadable after offset {offset}: {type(e).__name__}: {e}"[:2000])
+        yield _row(
+            f,
+            f"after offset {offset}",
+            reason=reason,
+            detail=f"{f.path}: unreadable after offset {offset}: {type(e).__name__}: {e}"[:2000],
+        )
 
 
 def _http_head(record) -> tuple[int | None, str, bytes]:
@@ -182,7 +220,11 @@ def _http_head(record) -> tuple[int | None, str, bytes]:
         ctype = fields.get("content-type", "")
     else:
         status, ctype = None, h.get_header("Content-Type") or ""
-    return (int(status) if status and str(status).isdigit() else None), h.get_header("WARC-Identified-Payload-Type") or ctype, body
+    return (
+        (int(status) if status and str(status).isdigit() else None),
+        h.get_header("WARC-Identified-Payload-Type") or ctype,
+        body,
+    )
 
 
 def _warc_doc(f: InputFile, record, head: tuple, pos: str, max_html_bytes: int) -> dict:
@@ -190,15 +232,26 @@ def _warc_doc(f: InputFile, record, head: tuple, pos: str, max_html_bytes: int) 
     url = h.get_header("WARC-Target-URI")
     given = h.get_header("WARC-Record-ID")
     status, ctype, payload = head
-    meta = {"warc_date": h.get_header("WARC-Date"), "warc_type": record.rec_type, "http_status": status,
-            "content_type": ctype}
+    meta = {
+        "warc_date": h.get_header("WARC-Date"),
+        "warc_type": record.rec_type,
+        "http_status": status,
+        "content_type": ctype,
+    }
     kw = dict(url=url, meta=meta)
     mime = ctype.split(";")[0].strip().lower()
     if status is not None and not 200 <= status < 300:
         return _row(f, pos, given, reason="http_error", detail=f"{f.path} {pos}: HTTP status {status}", **kw)
     is_text = record.rec_type == "conversion" and mime in ("text/plain", "")
     if mime not in HTML_TYPES and not is_text:
-        return _row(f, pos, given, reason="not_html", detail=f"{f.path} {pos}: payload type '{mime or 'unknown'}'", **kw)
+        return _row(
+            f,
+            pos,
+            given,
+            reason="not_html",
+            detail=f"{f.path} {pos}: payload type '{mime or 'unknown'}'",
+            **kw,
+        )
     if len(payload) > max_html_bytes:
         preview = payload[:PREVIEW_CHARS].decode("utf-8", "replace")
         return _too_large(f, pos, given, preview, len(payload), max_html_bytes, **kw)
@@ -206,6 +259,13 @@ def _warc_doc(f: InputFile, record, head: tuple, pos: str, max_html_bytes: int) 
         try:
             return _row(f, pos, given, text=payload.decode("utf-8"), **kw)
         except UnicodeDecodeError as e:
-            return _row(f, pos, given, text=payload.decode("utf-8", "replace")[:PREVIEW_CHARS], reason="bad_utf8",
-                        detail=f"{f.path} {pos}: invalid UTF-8 at byte {e.start}", **kw)
+            return _row(
+                f,
+                pos,
+                given,
+                text=payload.decode("utf-8", "replace")[:PREVIEW_CHARS],
+                reason="bad_utf8",
+                detail=f"{f.path} {pos}: invalid UTF-8 at byte {e.start}",
+                **kw,
+            )
     return _row(f, pos, given, html=_decode_html(payload, ctype), **kw)

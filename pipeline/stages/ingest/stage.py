@@ -38,7 +38,8 @@ def _format_of(path: str, declared: str) -> str | None:
 
 def expand_inputs(cfg: IngestConfig, unknown: list[str] | None = None) -> list[InputFile]:
     """Every input file, sorted, with its format. In a directory, files of unknown format are listed in
-    `unknown` and skipped; a named file of unknown format or a Parquet file without the text column is a user error."""
+    `unknown` and skipped; a named file of unknown format or a Parquet file without the text column is a user
+    error."""
     files = []
     for inp in cfg.inputs:
         if "://" in inp.path:
@@ -59,12 +60,22 @@ def expand_inputs(cfg: IngestConfig, unknown: list[str] | None = None) -> list[I
             fmt = _format_of(path, inp.format)
             if fmt is None:
                 if path == inp.path:
-                    raise UserError(f"ingest.inputs: cannot tell the format of '{path}'; set 'format' for this input")
+                    raise UserError(
+                        f"ingest.inputs: cannot tell the format of '{path}'; set 'format' for this input"
+                    )
                 if unknown is not None:
                     unknown.append(path)  # licences and READMEs live beside the data
                 continue
-            rel = os.path.relpath(path, base) if "://" not in path else path[len(base):].lstrip("/")
-            f = InputFile(path, rel or os.path.basename(path), inp.source, fmt, inp.text_field, inp.id_field, inp.url_field)
+            rel = os.path.relpath(path, base) if "://" not in path else path[len(base) :].lstrip("/")
+            f = InputFile(
+                path,
+                rel or os.path.basename(path),
+                inp.source,
+                fmt,
+                inp.text_field,
+                inp.id_field,
+                inp.url_field,
+            )
             if fmt == "parquet":
                 _check_parquet_schema(f)
             files.append(f)
@@ -79,7 +90,10 @@ def _check_parquet_schema(f: InputFile) -> None:
     with fsspec.open(f.path, "rb") as fh:
         names = pq.read_schema(fh).names
     if f.text_field not in names:
-        raise UserError(f"{f.path}: no column '{f.text_field}' (columns: {', '.join(names)}); set text_field for this input")
+        raise UserError(
+            f"{f.path}: no column '{f.text_field}' (columns: {', '.join(names)}); set text_field for this "
+            "input"
+        )
 
 
 def _read_files(batch: dict, max_doc_bytes: int, max_html_bytes: int, chunk: int = 256):
@@ -99,7 +113,9 @@ def _read_files(batch: dict, max_doc_bytes: int, max_html_bytes: int, chunk: int
             if len(buf) >= chunk:
                 yield pa.Table.from_pylist(buf, schema=RAW_SCHEMA)
                 buf = []
-        buf.append({"id": f"{STATS}/{f.rel}", "source": f.source, "drop_reason": STATS, "meta": json.dumps(skipped)})
+        buf.append(
+            {"id": f"{STATS}/{f.rel}", "source": f.source, "drop_reason": STATS, "meta": json.dumps(skipped)}
+        )
         yield pa.Table.from_pylist(buf, schema=RAW_SCHEMA)
 
 
@@ -110,7 +126,10 @@ def _check_text(batch: pa.Table, max_doc_bytes: int, min_chars: int) -> pa.Table
             continue
         text = (r["text"] or "").strip()
         if len(text) < min_chars:
-            r["drop_reason"], r["drop_detail"] = "empty_text", f"{r['meta']}: {len(text)} chars after extraction"
+            r["drop_reason"], r["drop_detail"] = (
+                "empty_text",
+                f"{r['meta']}: {len(text)} chars after extraction",
+            )
         elif len(text) * 4 > max_doc_bytes and (size := len(text.encode())) > max_doc_bytes:
             r["drop_reason"] = "too_large"
             r["drop_detail"] = f"{r['meta']}: {size} bytes > limit {max_doc_bytes}; kept aside truncated"
@@ -133,12 +152,23 @@ def run(ctx: StageContext) -> StageOutput:
     ds = (
         ray.data.from_items(specs, override_num_blocks=len(specs))
         # Reading is light (decompression, parsing); a different CPU share keeps Ray from fusing it with the
-        # extraction below, so extraction, the slow part, spreads over all workers even when one file dominates.
-        .map_batches(_read_files, batch_size=1, num_cpus=0.5,
-                     fn_kwargs=dict(max_doc_bytes=cfg.max_doc_bytes, max_html_bytes=cfg.max_html_bytes))
+        # extraction below, so extraction, the slow part, spreads over all workers even when one file
+        # dominates.
+        .map_batches(
+            _read_files,
+            batch_size=1,
+            num_cpus=0.5,
+            fn_kwargs=dict(max_doc_bytes=cfg.max_doc_bytes, max_html_bytes=cfg.max_html_bytes),
+        )
         .repartition(target_num_rows_per_block=16)
-        .map_batches(extract_html, fn_kwargs=dict(favour_precision=cfg.favour_precision), batch_format="pyarrow")
-        .map_batches(_check_text, batch_format="pyarrow", fn_kwargs=dict(max_doc_bytes=cfg.max_doc_bytes, min_chars=cfg.min_text_chars))
+        .map_batches(
+            extract_html, fn_kwargs=dict(favour_precision=cfg.favour_precision), batch_format="pyarrow"
+        )
+        .map_batches(
+            _check_text,
+            batch_format="pyarrow",
+            fn_kwargs=dict(max_doc_bytes=cfg.max_doc_bytes, min_chars=cfg.min_text_chars),
+        )
         .materialize()
     )
     skipped: dict[str, int] = {}
@@ -146,8 +176,14 @@ def run(ctx: StageContext) -> StageOutput:
         for k, v in json.loads(row["meta"]).items():
             skipped[k] = skipped.get(k, 0) + v
     docs = ds.map_batches(_stats_rows, fn_kwargs=dict(keep=False), batch_format="pyarrow")
-    return StageOutput(docs, details={"files": len(files), "files_skipped_unknown_format": unknown,
-                                         "non_document_warc_records": skipped})
+    return StageOutput(
+        docs,
+        details={
+            "files": len(files),
+            "files_skipped_unknown_format": unknown,
+            "non_document_warc_records": skipped,
+        },
+    )
 
 
 def input_files(config) -> list[str]:

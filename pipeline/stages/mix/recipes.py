@@ -12,7 +12,6 @@ from __future__ import annotations
 import hashlib
 import math
 import re
-from typing import Literal
 
 import numpy as np
 import pyarrow as pa
@@ -24,14 +23,24 @@ from pipeline.errors import UserError
 from pipeline.section import Section
 
 WHERE = re.compile(r"^\s*([A-Za-z_][A-Za-z0-9_]*)\s*(>=|<=|==|!=|>|<)\s*(.+?)\s*$")
-OPS = {">=": pc.greater_equal, "<=": pc.less_equal, "==": pc.equal, "!=": pc.not_equal, ">": pc.greater, "<": pc.less}
+OPS = {
+    ">=": pc.greater_equal,
+    "<=": pc.less_equal,
+    "==": pc.equal,
+    "!=": pc.not_equal,
+    ">": pc.greater,
+    "<": pc.less,
+}
 
 
 def parse_where(rule: str) -> tuple[str, str, object]:
-    """'edu_score >= 0.6' -> ('edu_score', '>=', 0.6). The value is read as a YAML scalar (number, text, true/false)."""
+    """'edu_score >= 0.6' -> ('edu_score', '>=', 0.6). The value is read as a YAML scalar (number, text,
+    true/false)."""
     m = WHERE.match(rule)
     if not m:
-        raise ValueError(f"rule '{rule}' is not 'COLUMN OP VALUE' with OP one of {' '.join(OPS)} (e.g. 'edu_score >= 0.6')")
+        raise ValueError(
+            f"rule '{rule}' is not 'COLUMN OP VALUE' with OP one of {' '.join(OPS)} (e.g. 'edu_score >= 0.6')"
+        )
     column, op, raw = m.groups()
     value = yaml.safe_load(raw)
     if not isinstance(value, (int, float, str, bool)):
@@ -43,11 +52,24 @@ class MixSource(Section):
     """One source of a phase: documents of a stage's output, and how many of their tokens the phase takes."""
 
     name: str = Field(pattern=r"^[A-Za-z0-9_.-]+$")  # the key under `sources` in manifest.json
-    stage: Literal["ingest", "annotate", "select", "dedup", "synth"]  # whose kept documents to read
-    where: list[str] = []  # rules that all must hold, 'COLUMN OP VALUE', e.g. 'edu_score >= 0.6', 'lang == en'
-    weight: float | None = Field(None, gt=0, le=1)  # share of the phase's tokens (all sources of a phase: weights, summing to 1)
+    stage: str  # whose kept documents to read: a stage before mix (ingest, annotate, select, dedup, synth)
+    # rules that all must hold, 'COLUMN OP VALUE', e.g. 'edu_score >= 0.6', 'lang == en'
+    where: list[str] = []
+    # share of the phase's tokens (all sources of a phase: weights, summing to 1)
+    weight: float | None = Field(None, gt=0, le=1)
     tokens: int | None = Field(None, ge=1)  # or: this many tokens (all sources of a phase: tokens)
-    max_epochs: float = Field(1.0, gt=0)  # how often the source's documents may be repeated to reach its share
+    # how often the source's documents may be repeated to reach its share
+    max_epochs: float = Field(1.0, gt=0)
+
+    @field_validator("stage")
+    @classmethod
+    def _a_stage_before_mix(cls, stage: str) -> str:
+        from pipeline.registry import ORDER  # the registry imports this module's section: resolved at use
+
+        before = ORDER[: ORDER.index("mix")]
+        if stage not in before:
+            raise ValueError(f"'{stage}' is not a stage mix can read; give one of {', '.join(before)}")
+        return stage
 
     @field_validator("where")
     @classmethod
@@ -59,14 +81,17 @@ class MixSource(Section):
     @model_validator(mode="after")
     def _weight_or_tokens(self) -> "MixSource":
         if (self.weight is None) == (self.tokens is None):
-            raise ValueError(f"source '{self.name}': give exactly one of 'weight' (share of the phase) or 'tokens'")
+            raise ValueError(
+                f"source '{self.name}': give exactly one of 'weight' (share of the phase) or 'tokens'"
+            )
         return self
 
 
 class PhaseRecipe(Section):
     """The documents of one training phase."""
 
-    tokens: int | None = Field(None, ge=1)  # the phase's token budget; null: the most the sources allow within their max_epochs
+    # the phase's token budget; null: the most the sources allow within their max_epochs
+    tokens: int | None = Field(None, ge=1)
     sources: list[MixSource] = Field(min_length=1)
 
     @model_validator(mode="after")
@@ -76,7 +101,9 @@ class PhaseRecipe(Section):
             raise ValueError(f"source names must be unique within a phase, got {names}")
         weighted = [s for s in self.sources if s.weight is not None]
         if weighted and len(weighted) != len(self.sources):
-            raise ValueError("give every source of a phase a 'weight', or every source 'tokens', not a mix of both")
+            raise ValueError(
+                "give every source of a phase a 'weight', or every source 'tokens', not a mix of both"
+            )
         if weighted:
             total = sum(s.weight for s in weighted)
             if not math.isclose(total, 1.0, abs_tol=1e-6):
@@ -91,16 +118,22 @@ class PhaseRecipe(Section):
 
 
 def where_mask(table: pa.Table, rules: list[str], where: str) -> np.ndarray:
-    """Rows of `table` for which every rule holds (a null value fails the rule). `where` names the config key for errors."""
+    """Rows of `table` for which every rule holds (a null value fails the rule). `where` names the config key
+    for errors."""
     mask = np.ones(table.num_rows, dtype=bool)
     for rule in rules:
         column, op, value = parse_where(rule)
         if column not in table.column_names:
-            raise UserError(f"{where}: rule '{rule}': no column '{column}' (columns: {', '.join(table.column_names)})")
+            raise UserError(
+                f"{where}: rule '{rule}': no column '{column}' (columns: {', '.join(table.column_names)})"
+            )
         try:
             hit = OPS[op](table[column], pa.scalar(value))
         except (pa.ArrowNotImplementedError, pa.ArrowInvalid, pa.ArrowTypeError) as e:
-            raise UserError(f"{where}: rule '{rule}': cannot compare column '{column}' ({table[column].type}) with {value!r}: {e}") from None
+            raise UserError(
+                f"{where}: rule '{rule}': cannot compare column '{column}' ({table[column].type}) with "
+                f"{value!r}: {e}"
+            ) from None
         mask &= pc.fill_null(hit, False).to_numpy(zero_copy_only=False)
     return mask
 
@@ -129,7 +162,8 @@ def source_targets(phase: str, recipe: PhaseRecipe, available: dict[str, int]) -
                 else "loosen its 'where' rules or check that stage's output"
             )
             problems.append(
-                f"source '{s.name}' (stage {s.stage}{', where ' + ' and '.join(s.where) if s.where else ''}) needs "
+                f"source '{s.name}' (stage {s.stage}{', where ' + ' and '.join(s.where) if s.where else ''}) "
+                "needs "
                 f"{need:,} tokens ({share}) but holds {have:,} tokens x max_epochs {s.max_epochs:g} = "
                 f"{math.floor(caps[s.name]):,}: {fix}"
                 + (" or lower the phase's tokens" if recipe.tokens is not None else "")
@@ -140,7 +174,8 @@ def source_targets(phase: str, recipe: PhaseRecipe, available: dict[str, int]) -
 
 
 def sample_documents(doc_tokens: np.ndarray, target: int, key: str) -> np.ndarray:
-    """Indices of documents (repeated for epochs beyond the first) whose tokens add up to `target`, give or take
+    """Indices of documents (repeated for epochs beyond the first) whose tokens add up to `target`, give or
+    take
     one document: whole passes over the source, then a seeded random subset for the remainder."""
     total = int(doc_tokens.sum())
     if target <= 0 or total == 0:

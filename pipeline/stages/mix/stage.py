@@ -41,7 +41,9 @@ from pipeline.tokenizer import (
 )
 
 PHASES = ("phase1", "phase2")
-TOKENIZED = pa.schema([("task", pa.int64()), ("offset", pa.int64()), ("n_tokens", pa.int64()), ("tokens", pa.large_binary())])
+TOKENIZED = pa.schema(
+    [("task", pa.int64()), ("offset", pa.int64()), ("n_tokens", pa.int64()), ("tokens", pa.large_binary())]
+)
 TASK_BYTES = 4 << 20  # the most text per tokenization task: about a second of one core
 
 
@@ -56,7 +58,10 @@ def _tokenize(texts: list[str | None], encoder, eos: int, dtype: str) -> tuple[p
     """Token ids (with EOS) of each document as bytes of `dtype`, and their counts (0: no text)."""
     ids = encode_plain(encoder, eos, ["" if t is None else t for t in texts])
     n_tokens = pa.array([0 if t is None else len(x) for t, x in zip(texts, ids)], pa.int64())
-    tokens = pa.array([b"" if t is None else np.asarray(x, dtype=dtype).tobytes() for t, x in zip(texts, ids)], pa.large_binary())
+    tokens = pa.array(
+        [b"" if t is None else np.asarray(x, dtype=dtype).tobytes() for t, x in zip(texts, ids)],
+        pa.large_binary(),
+    )
     return n_tokens, tokens
 
 
@@ -82,13 +87,19 @@ class _ReadAndTokenize:
                 table = pf.read_row_groups(range(t["first"], t["last"]), columns=["text"], use_threads=False)
             texts = table["text"].slice(t["start"], t["stop"] - t["start"]).to_pylist()
             for i in range(0, len(texts), self.batch_size):
-                n_tokens, tokens = _tokenize(texts[i : i + self.batch_size], self.encoder, self.eos, self.dtype)
-                out.append(pa.table({
-                    "task": pa.array(np.full(len(tokens), t["task"], np.int64)),
-                    "offset": pa.array(np.arange(i, i + len(tokens), dtype=np.int64)),
-                    "n_tokens": n_tokens,
-                    "tokens": tokens,
-                }))
+                n_tokens, tokens = _tokenize(
+                    texts[i : i + self.batch_size], self.encoder, self.eos, self.dtype
+                )
+                out.append(
+                    pa.table(
+                        {
+                            "task": pa.array(np.full(len(tokens), t["task"], np.int64)),
+                            "offset": pa.array(np.arange(i, i + len(tokens), dtype=np.int64)),
+                            "n_tokens": n_tokens,
+                            "tokens": tokens,
+                        }
+                    )
+                )
         return pa.concat_tables(out) if out else TOKENIZED.empty_table()
 
 
@@ -110,7 +121,9 @@ def _read_tasks(files: dict[str, list[str]], cores: int) -> list[dict]:
             text = [meta.schema.column(i).path for i in range(meta.num_columns)].index("text")
             for g in range(meta.num_row_groups):
                 rows = meta.row_group(g).num_rows
-                groups.append((stage, path, g, row, rows, meta.row_group(g).column(text).total_uncompressed_size))
+                groups.append(
+                    (stage, path, g, row, rows, meta.row_group(g).column(text).total_uncompressed_size)
+                )
                 row += rows
     target = max(1, min(TASK_BYTES, sum(g[-1] for g in groups) // (8 * cores)))
     tasks, run = [], None
@@ -118,11 +131,32 @@ def _read_tasks(files: dict[str, list[str]], cores: int) -> list[dict]:
         if size > target:
             pieces = -(-size // target)
             bounds = [rows * i // pieces for i in range(pieces + 1)]
-            tasks += [{"stage": stage, "path": path, "first": g, "last": g + 1, "start": lo, "stop": hi, "row": row + lo,
-                       "bytes": size // pieces} for lo, hi in zip(bounds, bounds[1:]) if hi > lo]
+            tasks += [
+                {
+                    "stage": stage,
+                    "path": path,
+                    "first": g,
+                    "last": g + 1,
+                    "start": lo,
+                    "stop": hi,
+                    "row": row + lo,
+                    "bytes": size // pieces,
+                }
+                for lo, hi in zip(bounds, bounds[1:])
+                if hi > lo
+            ]
             continue
         if run is None or run["path"] != path:
-            run = {"stage": stage, "path": path, "first": g, "last": g, "start": 0, "stop": 0, "row": row, "bytes": 0}
+            run = {
+                "stage": stage,
+                "path": path,
+                "first": g,
+                "last": g,
+                "start": 0,
+                "stop": 0,
+                "row": row,
+                "bytes": 0,
+            }
             tasks.append(run)
         run["last"], run["stop"], run["bytes"] = g + 1, run["stop"] + rows, run["bytes"] + size
         if run["bytes"] >= target:
@@ -154,27 +188,38 @@ def tokenize_sources(ctx: StageContext, tok, work: str) -> dict[str, tuple[pa.Ta
         absent = [c for c in keep[stage] + ["text"] if c not in names]
         if absent:
             raise UserError(
-                f"mix: the output of stage '{stage}' has no column(s) {absent} that the recipes use (columns: {', '.join(names)})"
+                f"mix: the output of stage '{stage}' has no column(s) {absent} that the recipes use "
+                f"(columns: {', '.join(names)})"
             )
     dtype = np.dtype(token_dtype(len(tok))).name
     cores = max(1, int(ray.cluster_resources().get("CPU", 1)))
     tasks = _read_tasks(files, cores)
-    tokenized = ray.data.from_items(tasks, override_num_blocks=max(1, min(len(tasks), 16 * cores))).map_batches(
+    tokenized = ray.data.from_items(
+        tasks, override_num_blocks=max(1, min(len(tasks), 16 * cores))
+    ).map_batches(
         _ReadAndTokenize,
         batch_format="pyarrow",
         batch_size=1,
         compute=ray.data.ActorPoolStrategy(size=max(1, min(cores, len(tasks)))),
         # the tokenizer travels as its JSON: workers need neither transformers nor the Hub
-        fn_constructor_kwargs={"spec": plain_text_encoder(tok).to_str(), "eos": tok.eos_token_id, "dtype": dtype,
-                               "batch_size": cfg.batch_size},
+        fn_constructor_kwargs={
+            "spec": plain_text_encoder(tok).to_str(),
+            "eos": tok.eos_token_id,
+            "dtype": dtype,
+            "batch_size": cfg.batch_size,
+        },
     )
     # Documents are put in id order below, so tasks may finish in any order (a slow one holds nothing up).
     tokenized.context.execution_options.preserve_order = False
     stages = list(files)
     first_row = np.array([t["row"] for t in tasks], np.int64)
     stage_of = np.array([stages.index(t["stage"]) for t in tasks], np.int64)
-    writers = [IndexedDatasetWriter(os.path.join(work, stage), dtype=np.dtype(dtype).type) for stage in stages]
-    placed = {stage: [] for stage in stages}  # per batch: the documents' rows in the stage, in its file, their tokens
+    writers = [
+        IndexedDatasetWriter(os.path.join(work, stage), dtype=np.dtype(dtype).type) for stage in stages
+    ]
+    placed = {
+        stage: [] for stage in stages
+    }  # per batch: the documents' rows in the stage, in its file, their tokens
     for batch in tokenized.iter_batches(batch_format="pyarrow", batch_size=None) if tasks else []:
         task = batch["task"].to_numpy()
         at, stage = first_row[task] + batch["offset"].to_numpy(), stage_of[task]
@@ -189,12 +234,22 @@ def tokenize_sources(ctx: StageContext, tok, work: str) -> dict[str, tuple[pa.Ta
     for writer, (stage, paths) in zip(writers, files.items()):
         writer.close()
         meta = pa.concat_tables([_read_columns(p, keep[stage]) for p in paths], promote_options="default")
-        at, in_file, n_tokens = (np.concatenate([p[k] for p in placed[stage]]) if placed[stage] else np.zeros(0, np.int64) for k in range(3))
+        at, in_file, n_tokens = (
+            np.concatenate([p[k] for p in placed[stage]]) if placed[stage] else np.zeros(0, np.int64)
+            for k in range(3)
+        )
         order = np.argsort(at, kind="stable")
         if len(at) != meta.num_rows or not np.array_equal(at[order], np.arange(meta.num_rows)):
-            raise RuntimeError(f"mix: tokenized {len(at)} documents of stage '{stage}', which has {meta.num_rows}")
-        meta = meta.append_column("n_tokens", pa.array(n_tokens[order])).append_column("row", pa.array(in_file[order]))
-        out[stage] = (meta.sort_by([("id", "ascending"), ("source", "ascending")]), IndexedDataset(os.path.join(work, stage)))
+            raise RuntimeError(
+                f"mix: tokenized {len(at)} documents of stage '{stage}', which has {meta.num_rows}"
+            )
+        meta = meta.append_column("n_tokens", pa.array(n_tokens[order])).append_column(
+            "row", pa.array(in_file[order])
+        )
+        out[stage] = (
+            meta.sort_by([("id", "ascending"), ("source", "ascending")]),
+            IndexedDataset(os.path.join(work, stage)),
+        )
     return out
 
 
@@ -209,16 +264,31 @@ def _parquet(path: str) -> pq.ParquetFile:
     return pq.ParquetFile(local, filesystem=fs)
 
 
-def write_phase(phase: str, picks: list[tuple[str, np.ndarray, pa.Table, IndexedDataset]], cfg: MixConfig, out_dir: str,
-                tokenizer_name: str, vocab_size: int, available: dict[str, int]) -> dict:
+def write_phase(
+    phase: str,
+    picks: list[tuple[str, np.ndarray, pa.Table, IndexedDataset]],
+    cfg: MixConfig,
+    out_dir: str,
+    tokenizer_name: str,
+    vocab_size: int,
+    available: dict[str, int],
+) -> dict:
     """Shuffle the picks of a phase with the seed, write its shards, documents.parquet and manifest.json."""
     os.makedirs(out_dir, exist_ok=True)
-    src = np.concatenate([np.full(len(idx), i, np.int32) for i, (_, idx, _, _) in enumerate(picks)]) if picks else np.zeros(0, np.int32)
+    src = (
+        np.concatenate([np.full(len(idx), i, np.int32) for i, (_, idx, _, _) in enumerate(picks)])
+        if picks
+        else np.zeros(0, np.int32)
+    )
     doc = np.concatenate([idx for _, idx, _, _ in picks]) if picks else np.zeros(0, np.int64)
     key = int.from_bytes(hashlib.sha256(f"{cfg.seed}/{phase}/shuffle".encode()).digest()[:8], "little")
     order = np.random.default_rng(key).permutation(len(doc))
     dtype = np.dtype(token_dtype(vocab_size)).type
-    shards, shard_tokens, rows = [], [], {k: [] for k in ("shard", "index", "source", "id", "doc_source", "tokens")}
+    shards, shard_tokens, rows = (
+        [],
+        [],
+        {k: [] for k in ("shard", "index", "source", "id", "doc_source", "tokens")},
+    )
     columns = [(m["row"].to_numpy(), m["id"].to_pylist(), m["source"].to_pylist()) for _, _, m, _ in picks]
     writer = None
     for j in order:
@@ -301,13 +371,17 @@ def run(ctx: StageContext) -> StageOutput:
         picks = []
         for s in recipe.sources:
             sub, data = selected[s.name]
-            idx = sample_documents(sub["n_tokens"].to_numpy(), targets[s.name], f"{cfg.seed}/{phase}/{s.name}")
+            idx = sample_documents(
+                sub["n_tokens"].to_numpy(), targets[s.name], f"{cfg.seed}/{phase}/{s.name}"
+            )
             used = len(np.unique(idx))
             docs_out += used
             if sub.num_rows - used:
                 dropped["mix_not_sampled"] = dropped.get("mix_not_sampled", 0) + sub.num_rows - used
             picks.append((s.name, idx, sub, data))
-        manifests[phase] = write_phase(phase, picks, cfg, os.path.join(local, phase), cfg.tokenizer, len(tok), available)
+        manifests[phase] = write_phase(
+            phase, picks, cfg, os.path.join(local, phase), cfg.tokenizer, len(tok), available
+        )
         details[phase] = {
             "tokens": manifests[phase]["tokens"],
             "shards": len(manifests[phase]["shards"]),

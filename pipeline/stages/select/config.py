@@ -15,10 +15,14 @@ class GopherQualityRules(Section):
     max_doc_words: int | None = 100_000  # more -> gopher_long_doc
     min_avg_word_length: float | None = 3  # mean word length below -> gopher_below_avg_threshold
     max_avg_word_length: float | None = 10  # above -> gopher_above_avg_threshold
-    max_symbol_word_ratio: float | None = 0.1  # '#' or '...' per word above -> gopher_too_many_hashes/_ellipsis
-    max_bullet_lines_ratio: float | None = 0.9  # share of lines starting with a bullet above -> gopher_too_many_bullets
-    max_ellipsis_lines_ratio: float | None = 0.3  # share of lines ending with '...' -> gopher_too_many_end_ellipsis
-    max_non_alpha_words_ratio: float | None = 0.8  # share of words with a letter BELOW this -> gopher_below_alpha_threshold
+    # '#' or '...' per word above -> gopher_too_many_hashes/_ellipsis
+    max_symbol_word_ratio: float | None = 0.1
+    # share of lines starting with a bullet above -> gopher_too_many_bullets
+    max_bullet_lines_ratio: float | None = 0.9
+    # share of lines ending with '...' -> gopher_too_many_end_ellipsis
+    max_ellipsis_lines_ratio: float | None = 0.3
+    # share of words with a letter BELOW this -> gopher_below_alpha_threshold
+    max_non_alpha_words_ratio: float | None = 0.8
     min_stop_words: int | None = 2  # fewer distinct stop words -> gopher_enough_stop_words
 
 
@@ -28,9 +32,12 @@ class GopherRepetitionRules(Section):
     dup_line_frac: float | None = 0.3  # share of duplicated lines above -> dup_line_frac
     dup_para_frac: float | None = 0.3  # share of duplicated paragraphs above -> dup_para_frac
     dup_line_char_frac: float | None = 0.2  # share of characters in duplicated lines -> dup_line_char_frac
-    dup_para_char_frac: float | None = 0.2  # share of characters in duplicated paragraphs -> dup_para_char_frac
-    top_n_grams: dict[int, float] = {2: 0.2, 3: 0.18, 4: 0.16}  # n -> max char share of the top n-gram (n in 2..4)
-    dup_n_grams: dict[int, float] = Field(  # n -> max char share of repeated n-grams (n in 5..10)
+    # share of characters in duplicated paragraphs -> dup_para_char_frac
+    dup_para_char_frac: float | None = 0.2
+    # n -> max char share of the top n-gram (n in 2..4)
+    top_n_grams: dict[int, float] = {2: 0.2, 3: 0.18, 4: 0.16}
+    # n -> max char share of repeated n-grams (n in 5..10)
+    dup_n_grams: dict[int, float] = Field(
         default_factory=lambda: {5: 0.15, 6: 0.14, 7: 0.13, 8: 0.12, 9: 0.11, 10: 0.10}
     )
 
@@ -53,11 +60,13 @@ def _measured_ns(v: dict[int, float], measured: tuple[int, ...]) -> dict[int, fl
 
 
 class C4Rules(Section):
-    """Document-level rules of datatrove's C4QualityFilter (its line rules are fixed at datatrove's defaults)."""
+    """Document-level rules of datatrove's C4QualityFilter (its line rules are fixed at datatrove's
+    defaults)."""
 
     filter_lorem_ipsum: bool = True  # a counted line with "lorem ipsum" -> lorem_ipsum
     filter_curly_bracket: bool = True  # a counted line with '{' -> curly_bracket
-    min_num_sentences: int = Field(5, ge=-1)  # fewer sentences in the kept lines -> too_few_sentences (-1: off)
+    # fewer sentences in the kept lines -> too_few_sentences (-1: off)
+    min_num_sentences: int = Field(5, ge=-1)
 
 
 class FineWebRules(Section):
@@ -70,7 +79,6 @@ class FineWebRules(Section):
     new_line_ratio: float = 0.3  # newlines per word above -> list_ratio
 
 
-
 class SelectConfig(Section):
     lang: list[str] | None = ["en"]  # keep these languages (annotate's `lang`); null: any
     lang_score: float | None = Field(0.65, ge=0, le=1)  # minimum language-ID probability; null: off
@@ -79,4 +87,5 @@ class SelectConfig(Section):
     gopher_quality: GopherQualityRules | None = GopherQualityRules()  # null: filter off
     c4_quality: C4Rules | None = C4Rules()  # null: filter off
     fineweb_quality: FineWebRules | None = FineWebRules()  # null: filter off
-    dropped_text_sample: float = Field(1.0, ge=0, le=1)  # share of dropped docs whose text select/dropped/ keeps (all keep id, reason, signals)
+    # share of dropped docs whose text select/dropped/ keeps (all keep id, reason, signals)
+    dropped_text_sample: float = Field(1.0, ge=0, le=1)

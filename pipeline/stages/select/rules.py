@@ -13,7 +13,12 @@ from typing import Any
 import pyarrow as pa
 import pyarrow.compute as pc
 
-HEURISTIC_FILTERS = ("gopher_repetition", "gopher_quality", "c4_quality", "fineweb_quality")  # evaluation order
+HEURISTIC_FILTERS = (
+    "gopher_repetition",
+    "gopher_quality",
+    "c4_quality",
+    "fineweb_quality",
+)  # evaluation order
 
 
 @dataclass(frozen=True)
@@ -22,14 +27,17 @@ class Rule:
 
     reason: str  # "lang", "edu_score", "gopher_quality:gopher_short_doc", ...
     column: str
-    op: str  # "<" / ">": value below / above threshold fails; "not_in": value outside the list; "present": not null;
-    #        "null": null fails; "lorem": C4's lorem ipsum line comes first (threshold: the curly column or None)
+    # "<" / ">": value below / above threshold fails; "not_in": value outside the list; "present": not null;
+    op: str
+    #        "null": null fails; "lorem": C4's lorem ipsum line comes first
+    #        (threshold: the curly column or None)
     threshold: Any = None
     exclude_zero: bool = False  # FineWeb's line_punct_exclude_zero
 
     @property
     def keeps_above(self) -> bool | None:
-        """For tune: True if documents at or above the threshold pass, False if at or below, None otherwise."""
+        """For tune: True if documents at or above the threshold pass, False if at or below, None
+        otherwise."""
         return {"<": True, ">": False}.get(self.op)
 
     def fails(self, table: pa.Table) -> pa.ChunkedArray:
@@ -79,7 +87,8 @@ def _bound(rules: list[Rule], reason: str, column: str, op: str, threshold, trut
 
 
 def heuristic_rules(name: str, r) -> list[Rule]:
-    """The rules of one datatrove filter (`name` in HEURISTIC_FILTERS) with thresholds `r`, in datatrove's order."""
+    """The rules of one datatrove filter (`name` in HEURISTIC_FILTERS) with thresholds `r`, in datatrove's
+    order."""
     out: list[Rule] = []
     p = name + ":"
     if name == "gopher_quality":
@@ -90,8 +99,20 @@ def heuristic_rules(name: str, r) -> list[Rule]:
         _bound(out, p + "gopher_too_many_hashes", "gopher_hash_ratio", ">", r.max_symbol_word_ratio)
         _bound(out, p + "gopher_too_many_ellipsis", "gopher_ellipsis_ratio", ">", r.max_symbol_word_ratio)
         _bound(out, p + "gopher_too_many_bullets", "gopher_bullet_lines_ratio", ">", r.max_bullet_lines_ratio)
-        _bound(out, p + "gopher_too_many_end_ellipsis", "gopher_end_ellipsis_lines_ratio", ">", r.max_ellipsis_lines_ratio)
-        _bound(out, p + "gopher_below_alpha_threshold", "gopher_alpha_words_ratio", "<", r.max_non_alpha_words_ratio)
+        _bound(
+            out,
+            p + "gopher_too_many_end_ellipsis",
+            "gopher_end_ellipsis_lines_ratio",
+            ">",
+            r.max_ellipsis_lines_ratio,
+        )
+        _bound(
+            out,
+            p + "gopher_below_alpha_threshold",
+            "gopher_alpha_words_ratio",
+            "<",
+            r.max_non_alpha_words_ratio,
+        )
         _bound(out, p + "gopher_enough_stop_words", "gopher_stop_words", "<", r.min_stop_words)
     elif name == "gopher_repetition":
         out.append(Rule(p + "empty", "rep_dup_para_frac", "null"))
@@ -105,13 +126,28 @@ def heuristic_rules(name: str, r) -> list[Rule]:
             _bound(out, p + f"duplicated_{n}_n_grams", f"rep_dup_{n}_gram", ">", frac, truthy=False)
     elif name == "c4_quality":
         if r.filter_lorem_ipsum:
-            out.append(Rule(p + "lorem_ipsum", "c4_lorem_line", "lorem", "c4_curly_line" if r.filter_curly_bracket else None))
+            out.append(
+                Rule(
+                    p + "lorem_ipsum",
+                    "c4_lorem_line",
+                    "lorem",
+                    "c4_curly_line" if r.filter_curly_bracket else None,
+                )
+            )
         if r.filter_curly_bracket:
             out.append(Rule(p + "curly_bracket", "c4_curly_line", "present"))
         _bound(out, p + "too_few_sentences", "c4_sentences", "<", r.min_num_sentences, truthy=False)
     elif name == "fineweb_quality":
         out.append(Rule(p + "empty", "fw_line_punct_ratio", "null"))
-        out.append(Rule(p + "line_punct_ratio", "fw_line_punct_ratio", "<", r.line_punct_thr, r.line_punct_exclude_zero))
+        out.append(
+            Rule(
+                p + "line_punct_ratio",
+                "fw_line_punct_ratio",
+                "<",
+                r.line_punct_thr,
+                r.line_punct_exclude_zero,
+            )
+        )
         _bound(out, p + "short_line_ratio", "fw_short_line_ratio", ">", r.short_line_thr, truthy=False)
         _bound(out, p + "char_dup_ratio", "fw_char_dup_ratio", ">", r.char_duplicates_ratio, truthy=False)
         _bound(out, p + "list_ratio", "fw_list_ratio", ">", r.new_line_ratio, truthy=False)
@@ -121,7 +157,8 @@ def heuristic_rules(name: str, r) -> list[Rule]:
 
 
 def rules(cfg) -> list[Rule]:
-    """Every active rule of a select-style config (`lang`, `lang_score`, the four filters, `edu_score`), in order."""
+    """Every active rule of a select-style config (`lang`, `lang_score`, the four filters, `edu_score`), in
+    order."""
     out: list[Rule] = []
     if cfg.lang is not None:
         out.append(Rule("lang", "lang", "not_in", tuple(cfg.lang)))

@@ -20,18 +20,23 @@ from pipeline.stages.select.config import SelectConfig
 def _sampled(ids: pa.ChunkedArray, share: float) -> pa.Array:
     """Deterministic per-id sample: the same documents whatever the batching."""
     limit = int(share * 2**32)
-    return pa.array([int.from_bytes(hashlib.sha1(i.encode()).digest()[:4], "big") < limit for i in ids.to_pylist()])
+    return pa.array(
+        [int.from_bytes(hashlib.sha1(i.encode()).digest()[:4], "big") < limit for i in ids.to_pylist()]
+    )
 
 
 def select_batch(table: pa.Table, cfg: SelectConfig) -> pa.Table:
-    """Add drop_reason, drop_detail and per-filter verdict columns; blank the text of unsampled dropped docs."""
+    """Add drop_reason, drop_detail and per-filter verdict columns; blank the text of unsampled dropped
+    docs."""
     reason, detail = rules.first_failure(table, cfg)
     for name, verdict in rules.filter_verdicts(table, cfg).items():
         table = table.append_column(f"{name}_fail", verdict)
     if cfg.dropped_text_sample < 1:
         blank = pc.and_(pc.is_valid(reason), pc.invert(_sampled(table["id"], cfg.dropped_text_sample)))
         i = table.column_names.index("text")
-        table = table.set_column(i, "text", pc.if_else(blank, pa.scalar(None, table["text"].type), table["text"]))
+        table = table.set_column(
+            i, "text", pc.if_else(blank, pa.scalar(None, table["text"].type), table["text"])
+        )
     return table.append_column("drop_reason", reason).append_column("drop_detail", detail)
 
 
@@ -43,7 +48,10 @@ def run(ctx: StageContext) -> StageOutput:
         hint = " (set annotate.edu_model)" if "edu_score" in missing else ""
         raise UserError(f"select: rules need signal columns {missing} that annotate's output lacks{hint}")
     out = docs.map_batches(select_batch, fn_kwargs=dict(cfg=cfg), batch_format="pyarrow")
-    return StageOutput(docs=out, details={"rules": [r.reason for r in rules.rules(cfg)], "select": cfg.model_dump(mode="json")})
+    return StageOutput(
+        docs=out,
+        details={"rules": [r.reason for r in rules.rules(cfg)], "select": cfg.model_dump(mode="json")},
+    )
 
 
 STAGE = Stage("select", run)

@@ -15,9 +15,9 @@ from synth.seeds import WebSeedsConfig
 
 class QCConfig(Section):
     min_words: int = Field(50, ge=0)  # fewer whitespace-separated words: too_short
-    drop_truncated: bool = False  # drop generations cut off by max_tokens (finish_reason "length") as truncated
+    # drop generations cut off by max_tokens (finish_reason "length") as truncated
+    drop_truncated: bool = False
     filters: SelectConfig | None = SelectConfig()  # select-style rules over the annotate signals; null: off
-
 
 
 class SynthConfig(Section):
@@ -27,7 +27,9 @@ class SynthConfig(Section):
     prompts: PromptsConfig = PromptsConfig()  # audiences, styles (templates), cells and samples per seed
     qc: QCConfig = QCConfig()  # length and select-style rules over the annotate signals
     decontamination: DecontaminationConfig | None = None  # n-gram overlap with benchmark test sets; null: off
-    dedup: DedupConfig | None = DedupConfig()  # against the generations themselves and the kept web documents; null: off
+    dedup: DedupConfig | None = (
+        DedupConfig()
+    )  # against the generations themselves and the kept web documents; null: off
     cache_dir: str | None = None  # generations kept across runs; default OUTPUT/synth_cache
 
     @field_validator("topics")

@@ -1,8 +1,10 @@
 """Quality control of generated text, and how diverse it is.
 
 The checks reuse the web path's pieces rather than copies of them: the signal columns of `annotate`
-(pipeline.stages.annotate.signals: language ID, Gopher/C4/FineWeb values, edu_score) judged by select-style rules
-(pipeline.stages.select.rules), then decontamination (synth/decontaminate.py) and dedup against the generations
+(pipeline.stages.annotate.signals: language ID, Gopher/C4/FineWeb values, edu_score) judged by select-style
+rules
+(pipeline.stages.select.rules), then decontamination (synth/decontaminate.py) and dedup against the
+generations
 themselves and the web (pipeline.stages.dedup). A generation is dropped by the first check it fails.
 """
 
@@ -38,17 +40,25 @@ def check(batch: pa.Table, cfg: QCConfig, annotate_cfg=None) -> pa.Table:
     batch = _set_drop(
         batch,
         pc.if_else(short, "too_short", pa.nulls(n, pa.string())),
-        pc.if_else(short, pc.binary_join_element_wise(pc.cast(words, pa.string()), f"words < {cfg.min_words}", " "),
-                   pa.nulls(n, pa.string())),
+        pc.if_else(
+            short,
+            pc.binary_join_element_wise(pc.cast(words, pa.string()), f"words < {cfg.min_words}", " "),
+            pa.nulls(n, pa.string()),
+        ),
     )
     if cfg.drop_truncated:
         cut = pc.fill_null(pc.equal(batch["finish_reason"], "length"), False)
-        batch = _set_drop(batch, pc.if_else(cut, "truncated", pa.nulls(n, pa.string())),
-                          pc.if_else(cut, "hit max_tokens", pa.nulls(n, pa.string())))
+        batch = _set_drop(
+            batch,
+            pc.if_else(cut, "truncated", pa.nulls(n, pa.string())),
+            pc.if_else(cut, "hit max_tokens", pa.nulls(n, pa.string())),
+        )
     batch = annotate_table(batch, annotate_cfg)
     if cfg.filters is not None:
         active = rules.rules(cfg.filters)
-        if "edu_score" not in batch.column_names:  # no classifier configured: that rule cannot run (the stage says so)
+        if (
+            "edu_score" not in batch.column_names
+        ):  # no classifier configured: that rule cannot run (the stage says so)
             active = [r for r in active if r.column != "edu_score"]
         reason, detail = rules.evaluate(batch, active)
         batch = _set_drop(batch, reason, detail)
@@ -56,7 +66,8 @@ def check(batch: pa.Table, cfg: QCConfig, annotate_cfg=None) -> pa.Table:
 
 
 def distinct_ngram_ratio(texts: list[str], n: int = 4) -> float | None:
-    """Distinct word n-grams over all word n-grams (distinct-n): near 1 for varied text, low for repetitive text."""
+    """Distinct word n-grams over all word n-grams (distinct-n): near 1 for varied text, low for repetitive
+    text."""
     total, seen = 0, set()
     for t in texts:
         w = t.split()
@@ -67,7 +78,8 @@ def distinct_ngram_ratio(texts: list[str], n: int = 4) -> float | None:
 
 
 def diversity(prompts: list[dict], docs: pa.Table) -> dict:
-    """Cells covered by the prompts and by the kept documents, and distinct-4 of kept and of all generations."""
+    """Cells covered by the prompts and by the kept documents, and distinct-4 of kept and of all
+    generations."""
     meta = [json.loads(m) for m in docs["meta"].to_pylist()]
     kept = pc.is_null(docs["drop_reason"]).to_pylist()
     texts = docs["text"].to_pylist()

@@ -32,24 +32,52 @@ def _to_docs(batch: pa.Table, model: str) -> pa.Table:
     """Generation rows -> documents: `generation_failed` where the backend gave an error."""
     failed = pc.is_valid(batch["error"])
     meta = [
-        json.dumps({"prompt_id": r["id"], "prompt": r["prompt"], "seed_kind": r["seed_kind"], "seed_id": r["seed_id"],
-                    "subject": r["subject"], "topic": r["topic"], "audience": r["audience"], "style": r["style"],
-                    "sample": r["sample"], "model": model, "finish_reason": r["finish_reason"],
-                    "gen_tokens": r["gen_tokens"]}, ensure_ascii=False)
-        for r in batch.select(["id", "prompt", "seed_kind", "seed_id", "subject", "topic", "audience", "style",
-                               "sample", "finish_reason", "gen_tokens"]).to_pylist()
+        json.dumps(
+            {
+                "prompt_id": r["id"],
+                "prompt": r["prompt"],
+                "seed_kind": r["seed_kind"],
+                "seed_id": r["seed_id"],
+                "subject": r["subject"],
+                "topic": r["topic"],
+                "audience": r["audience"],
+                "style": r["style"],
+                "sample": r["sample"],
+                "model": model,
+                "finish_reason": r["finish_reason"],
+                "gen_tokens": r["gen_tokens"],
+            },
+            ensure_ascii=False,
+        )
+        for r in batch.select(
+            [
+                "id",
+                "prompt",
+                "seed_kind",
+                "seed_id",
+                "subject",
+                "topic",
+                "audience",
+                "style",
+                "sample",
+                "finish_reason",
+                "gen_tokens",
+            ]
+        ).to_pylist()
     ]
-    return pa.table({
-        "id": batch["id"],
-        "text": pc.cast(pc.fill_null(batch["generation"], ""), pa.large_string()),
-        "source": pc.binary_join_element_wise("synth", batch["style"], "/"),
-        "url": pa.nulls(batch.num_rows, pa.string()),
-        "meta": pa.array(meta, pa.string()),
-        "finish_reason": batch["finish_reason"],  # for QC; dropped before writing
-        "cached": batch["cached"],  # for the record; dropped before writing
-        "drop_reason": pc.if_else(failed, FAILED, pa.nulls(batch.num_rows, pa.string())),
-        "drop_detail": batch["error"],
-    })
+    return pa.table(
+        {
+            "id": batch["id"],
+            "text": pc.cast(pc.fill_null(batch["generation"], ""), pa.large_string()),
+            "source": pc.binary_join_element_wise("synth", batch["style"], "/"),
+            "url": pa.nulls(batch.num_rows, pa.string()),
+            "meta": pa.array(meta, pa.string()),
+            "finish_reason": batch["finish_reason"],  # for QC; dropped before writing
+            "cached": batch["cached"],  # for the record; dropped before writing
+            "drop_reason": pc.if_else(failed, FAILED, pa.nulls(batch.num_rows, pa.string())),
+            "drop_detail": batch["error"],
+        }
+    )
 
 
 def run(ctx: StageContext) -> StageOutput:
@@ -58,10 +86,14 @@ def run(ctx: StageContext) -> StageOutput:
     seeds = topic_seeds(cfg.topics) + web_seeds(web, cfg.web_seeds)
     prompts = build_prompts(seeds, cfg.prompts)
     if not prompts:
-        raise UserError("synth: no prompts: give synth.topics, or synth.web_seeds.count > 0 with kept web documents")
+        raise UserError(
+            "synth: no prompts: give synth.topics, or synth.web_seeds.count > 0 with kept web documents"
+        )
     cache_dir = cfg.cache_dir or storage.join(ctx.output, "synth_cache")
     # materialized: the steps below read their input more than once, and generation must run once
-    generated = generate(ray.data.from_arrow(pa.Table.from_pylist(prompts)), cfg.backend, cache_dir).materialize()
+    generated = generate(
+        ray.data.from_arrow(pa.Table.from_pylist(prompts)), cfg.backend, cache_dir
+    ).materialize()
     docs = generated.map_batches(_to_docs, fn_args=(cfg.backend.model,), batch_format="pyarrow")
     annotate_cfg = getattr(ctx.config, "annotate", None)
     docs = docs.map_batches(qc.check, fn_args=(cfg.qc, annotate_cfg), batch_format="pyarrow")
@@ -71,14 +103,22 @@ def run(ctx: StageContext) -> StageOutput:
     if cfg.dedup is not None:
         docs, details["dedup"] = dedup_dataset(docs.materialize(), cfg.dedup, reference=web)
     docs = docs.materialize()
-    table = pa.concat_tables(ray.get(docs.select_columns(["text", "meta", "cached", "drop_reason"]).to_arrow_refs()))
-    fresh = pc.and_(pc.invert(table["cached"]), pc.invert(pc.fill_null(pc.equal(table["drop_reason"], FAILED), False)))
+    table = pa.concat_tables(
+        ray.get(docs.select_columns(["text", "meta", "cached", "drop_reason"]).to_arrow_refs())
+    )
+    fresh = pc.and_(
+        pc.invert(table["cached"]), pc.invert(pc.fill_null(pc.equal(table["drop_reason"], FAILED), False))
+    )
     details["generated_now"] = pc.sum(pc.cast(fresh, pa.int64())).as_py() or 0
     details["from_cache"] = pc.sum(pc.cast(table["cached"], pa.int64())).as_py() or 0
     details["gen_tokens"] = sum(json.loads(m)["gen_tokens"] or 0 for m in table["meta"].to_pylist())
-    details["edu_score"] = "computed" if "edu_score" in docs.schema().names else "not computed: annotate.edu_model is not set"
+    details["edu_score"] = (
+        "computed" if "edu_score" in docs.schema().names else "not computed: annotate.edu_model is not set"
+    )
     details["diversity"] = qc.diversity(prompts, table)
-    return StageOutput(docs=docs.drop_columns(["finish_reason", "cached"]), docs_in=len(prompts), details=details)
+    return StageOutput(
+        docs=docs.drop_columns(["finish_reason", "cached"]), docs_in=len(prompts), details=details
+    )
 
 
 def benchmark_files(config) -> list[str]:

@@ -1,6 +1,8 @@
-"""Stage `train` and the `phicurate train CONFIG [--resume]` command: Phi-3 on the phase mixes, phase 1 then phase 2.
+"""Stage `train` and the `phicurate train CONFIG [--resume]` command: Phi-3 on the phase mixes, phase 1 then
+phase 2.
 
-Checkpoints and the live metrics go to a state directory that outlives a killed run (default OUTPUT/.train-state),
+Checkpoints and the live metrics go to a state directory that outlives a killed run (default
+OUTPUT/.train-state),
 so `--resume` can continue it. When training finishes, the metrics, the loss curve and the final model
 (Hugging Face format) are written into the stage directory OUTPUT/train/, with its `_stage.json`.
 The counts of the record are in sequences: `docs_in` packed, `docs_out` trained on, `dropped` held out or
@@ -26,7 +28,8 @@ if TYPE_CHECKING:
 
 
 class TrainingStopped(Exception):
-    """Training stopped early on purpose (`--stop-after`); the checkpoint it left is continued with `--resume`."""
+    """Training stopped early on purpose (`--stop-after`); the checkpoint it left is continued with
+    `--resume`."""
 
 
 def state_dir(config: Config) -> str:
@@ -34,7 +37,8 @@ def state_dir(config: Config) -> str:
     if "://" in path:
         raise UserError(
             f"train.state_dir: checkpoints need a local or shared filesystem path, got '{path}' "
-            f"(run.output is '{config.run.output}'); set train.state_dir to e.g. /shared/ckpt/{config.run.name}"
+            f"(run.output is '{config.run.output}'); set train.state_dir to e.g. "
+            f"/shared/ckpt/{config.run.name}"
         )
     return path
 
@@ -68,8 +72,10 @@ def _train(ctx: StageContext, resume: bool, stop_after: int | None) -> StageOutp
     eos = _eos_id(manifest["tokenizer"])
     if eos is not None and eos >= manifest["vocab_size"]:
         raise UserError(
-            f"{manifest_path(mix_dir(ctx.config), phases[0].name)}: vocab_size is {manifest['vocab_size']} but the "
-            f"tokenizer's EOS id is {eos}: the manifest does not describe its tokenizer '{manifest['tokenizer']}'"
+            f"{manifest_path(mix_dir(ctx.config), phases[0].name)}: vocab_size is {manifest['vocab_size']} "
+            "but the "
+            f"tokenizer's EOS id is {eos}: the manifest does not describe its tokenizer "
+            f"'{manifest['tokenizer']}'"
         )
     state = state_dir(ctx.config)
     result, model = train(cfg, phases, state, vocab, resume=resume, stop_after=stop_after, eos_token_id=eos)
@@ -118,7 +124,9 @@ def _finish(ctx: StageContext, state: str, model, weights: dict | None) -> None:
     metrics = os.path.join(state, METRICS)
     if local:
         shutil.copyfile(metrics, os.path.join(out, METRICS))
-    curve.plot_loss(metrics, os.path.join(out, "loss.png"), title=f"{ctx.config.run.name}: {ctx.section.model}")
+    curve.plot_loss(
+        metrics, os.path.join(out, "loss.png"), title=f"{ctx.config.run.name}: {ctx.section.model}"
+    )
     if weights is not None:
         model.save_pretrained(os.path.join(out, "model"), state_dict=weights)
     if not local:
@@ -136,7 +144,8 @@ STAGE = Stage("train", run, outside_files=manifests)
 
 
 def train_command(config: Config, resume: bool = False, stop_after: int | None = None) -> dict | None:
-    """`phicurate train`: run the train stage (its record is written like any stage's) with resume and stop options.
+    """`phicurate train`: run the train stage (its record is written like any stage's) with resume and stop
+    options.
 
     Under torchrun, rank 0 runs the stage and writes its outputs; the other ranks train alongside it.
     """
@@ -152,8 +161,11 @@ def train_command(config: Config, resume: bool = False, stop_after: int | None =
     return record
 
 
-def cli_train(config_path: str, output: str | None = None, resume: bool = False, stop_after: int | None = None) -> None:
-    """`phicurate train CONFIG` and `torchrun ... -m pipeline train CONFIG`: train, then say where the results are."""
+def cli_train(
+    config_path: str, output: str | None = None, resume: bool = False, stop_after: int | None = None
+) -> None:
+    """`phicurate train CONFIG` and `torchrun ... -m pipeline train CONFIG`: train, then say where the results
+    are."""
     from pipeline.config import load_config
 
     config = load_config(config_path, output=output)
@@ -168,6 +180,8 @@ def cli_train(config_path: str, output: str | None = None, resume: bool = False,
     if record is not None:
         d = record["details"]
         print(
-            f"[train] done: {d['step']} steps, {record['tokens_out']} tokens, final loss {d['final_loss']:.4f}, "
-            f"held-out {d['heldout']}, {d['tokens_per_s']:.0f} tokens/s; in {storage.join(config.run.output, 'train')}"
+            f"[train] done: {d['step']} steps, {record['tokens_out']} tokens, final loss "
+            f"{d['final_loss']:.4f}, "
+            f"held-out {d['heldout']}, {d['tokens_per_s']:.0f} tokens/s; in "
+            f"{storage.join(config.run.output, 'train')}"
         )

