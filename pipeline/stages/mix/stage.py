@@ -145,6 +145,7 @@ def _read_tasks(files: dict[str, list[str]], cores: int) -> list[dict]:
                 for lo, hi in zip(bounds, bounds[1:])
                 if hi > lo
             ]
+            run = None  # a run holds consecutive groups: the next small group starts a new one
             continue
         if run is None or run["path"] != path:
             run = {
