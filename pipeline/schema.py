@@ -19,7 +19,6 @@ DOC_FIELDS = [
 ]
 DROP_FIELDS = [pa.field("drop_reason", pa.string()), pa.field("drop_detail", pa.string())]
 
-DOC_SCHEMA = pa.schema(DOC_FIELDS)
 DOC_WITH_DROP_SCHEMA = pa.schema(DOC_FIELDS + DROP_FIELDS)
 
 

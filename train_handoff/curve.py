@@ -11,7 +11,8 @@ import matplotlib.pyplot as plt  # noqa: E402
 
 
 def plot_loss(metrics_path: str, out_png: str, title: str = "training loss") -> None:
-    rows = [json.loads(line) for line in open(metrics_path, encoding="utf-8")]
+    with open(metrics_path, encoding="utf-8") as f:
+        rows = [json.loads(line) for line in f]
     train = [r for r in rows if "loss" in r]
     held = [r for r in rows if "heldout" in r]
     fig, ax = plt.subplots(figsize=(8, 4.5), dpi=110)

@@ -78,7 +78,3 @@ def rank_keys(ids: pa.Array, scores: pa.Array | None, reference: bool) -> list[s
 
 
 RANK_PREFIX = 17
-
-
-def id_of_rank(rank: str) -> str:
-    return rank[RANK_PREFIX:]
