@@ -33,6 +33,8 @@ class IngestConfig(Section):
     max_html_bytes: int = Field(10_000_000, ge=1)  # a larger HTML payload is dropped as too_large
     min_text_chars: int = Field(1, ge=1)  # a shorter text (after extraction) is dropped as empty_text
     favour_precision: bool = True  # trafilatura: prefer less boilerplate over more text
+    extract_timeout: float = Field(10.0, gt=0)  # seconds a page may take; slower: dropped as extract_timeout
+    count_inputs: bool = True  # count records apart (footer, lines, gzip members); fail on a difference
 
     @model_validator(mode="after")
     def _sources_unique_per_path(self) -> "IngestConfig":

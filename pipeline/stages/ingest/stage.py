@@ -8,19 +8,21 @@ import os
 
 import pyarrow as pa
 import pyarrow.compute as pc
-import pyarrow.parquet as pq
 
 from pipeline.errors import UserError
 from pipeline.schema import DOC_WITH_DROP_SCHEMA
 from pipeline.stage import Stage, StageContext, StageOutput
 from pipeline.stages.ingest.config import IngestConfig
+from pipeline.stages.ingest.count import count_records
 from pipeline.stages.ingest.extract import extract_html
 from pipeline.stages.ingest.readers import InputFile, read_jsonl, read_parquet, read_warc
 
 WARC_SUFFIXES = (".warc", ".warc.gz", ".wet", ".wet.gz", ".arc", ".arc.gz")
 JSONL_SUFFIXES = tuple(s + c for s in (".jsonl", ".json", ".ndjson") for c in ("", ".gz", ".zst", ".bz2"))
 RAW_SCHEMA = DOC_WITH_DROP_SCHEMA.insert(2, pa.field("html", pa.large_string()))
-STATS = "__file_stats__"  # one row per file carrying counts of non-document WARC records
+STATS = "__file_stats__"  # one row per file carrying what its reader saw beyond its rows
+# reasons of a file that could not be read to its end: no independent count is compared for it
+DAMAGED = ("bad_file", "truncated_file", "truncated_record", "bad_warc_record")
 
 
 def _format_of(path: str, declared: str) -> str | None:
@@ -38,8 +40,8 @@ def _format_of(path: str, declared: str) -> str | None:
 
 def expand_inputs(cfg: IngestConfig, unknown: list[str] | None = None) -> list[InputFile]:
     """Every input file, sorted, with its format. In a directory, files of unknown format are listed in
-    `unknown` and skipped; a named file of unknown format or a Parquet file without the text column is a user
-    error."""
+    `unknown` and skipped; a named file of unknown format is a user error. (A Parquet file without the text
+    column is set aside by its reader, so the other files go on.)"""
     files = []
     for inp in cfg.inputs:
         if "://" in inp.path:
@@ -76,47 +78,59 @@ def expand_inputs(cfg: IngestConfig, unknown: list[str] | None = None) -> list[I
                 inp.id_field,
                 inp.url_field,
             )
-            if fmt == "parquet":
-                _check_parquet_schema(f)
             files.append(f)
     if not files:
         raise UserError("ingest.inputs: the configured paths contain no input files")
     return files
 
 
-def _check_parquet_schema(f: InputFile) -> None:
-    import fsspec
-
-    with fsspec.open(f.path, "rb") as fh:
-        names = pq.read_schema(fh).names
-    if f.text_field not in names:
-        raise UserError(
-            f"{f.path}: no column '{f.text_field}' (columns: {', '.join(names)}); set text_field for this "
-            "input"
-        )
-
-
-def _read_files(batch: dict, max_doc_bytes: int, max_html_bytes: int, chunk: int = 256):
-    """Ray task: read the files of this batch, yielding Arrow tables of `chunk` rows to bound memory."""
+def _read_files(batch: dict, max_doc_bytes: int, max_html_bytes: int, count: bool, chunk: int = 256):
+    """Ray task: read the files of this batch, yielding Arrow tables of `chunk` rows to bound memory, and
+    per file a stats row: its rows, non-document WARC records, repairs, and its records counted apart."""
     for spec in batch["spec"]:
         f = InputFile(**json.loads(spec))
-        skipped: dict[str, int] = {}
+        stats: dict = {"skipped": {}, "repaired": {}}
         if f.format == "warc":
-            rows = read_warc(f, max_html_bytes, skipped)
+            rows = read_warc(f, max_html_bytes, stats)
         elif f.format == "jsonl":
-            rows = read_jsonl(f, max_doc_bytes)
+            rows = read_jsonl(f, max_doc_bytes, stats)
         else:
-            rows = read_parquet(f, max_doc_bytes)
-        buf = []
+            rows = read_parquet(f, max_doc_bytes, stats)
+        buf, n, damaged = [], 0, []
         for r in rows:
+            for rule in r.pop("_repaired"):
+                stats["repaired"][rule] = stats["repaired"].get(rule, 0) + 1
+            if r["drop_reason"] in DAMAGED:
+                damaged.append(r["drop_reason"])
             buf.append(r)
+            n += 1
             if len(buf) >= chunk:
                 yield pa.Table.from_pylist(buf, schema=RAW_SCHEMA)
                 buf = []
+        stats.update(
+            path=f.path, rows=n, damaged=sorted(set(damaged)), counted=count_records(f) if count else None
+        )
         buf.append(
-            {"id": f"{STATS}/{f.rel}", "source": f.source, "drop_reason": STATS, "meta": json.dumps(skipped)}
+            {"id": f"{STATS}/{f.rel}", "source": f.source, "drop_reason": STATS, "meta": json.dumps(stats)}
         )
         yield pa.Table.from_pylist(buf, schema=RAW_SCHEMA)
+
+
+def check_counts(file_stats: list[dict]) -> dict:
+    """The records each reader gave against the records counted apart (count.py); a difference in a file
+    read to its end is a reader losing or inventing records, which fails the stage naming the file."""
+    for s in file_stats:
+        seen = s["rows"] + sum(s["skipped"].values())
+        if s["counted"] is not None and not s["damaged"] and s["counted"] != seen:
+            raise RuntimeError(
+                f"ingest: the reader of {s['path']} gave {s['rows']} rows and {sum(s['skipped'].values())} "
+                f"other WARC records, but the file holds {s['counted']} records"
+            )
+    return {
+        "files_checked": sum(s["counted"] is not None and not s["damaged"] for s in file_stats),
+        "files_damaged": sorted(s["path"] for s in file_stats if s["damaged"]),
+        "files_empty": sorted(s["path"] for s in file_stats if not s["rows"] and not s["skipped"]),
+    }
 
 
 def _check_text(batch: pa.Table, max_doc_bytes: int, min_chars: int) -> pa.Table:
@@ -158,11 +172,15 @@ def run(ctx: StageContext) -> StageOutput:
             _read_files,
             batch_size=1,
             num_cpus=0.5,
-            fn_kwargs=dict(max_doc_bytes=cfg.max_doc_bytes, max_html_bytes=cfg.max_html_bytes),
+            fn_kwargs=dict(
+                max_doc_bytes=cfg.max_doc_bytes, max_html_bytes=cfg.max_html_bytes, count=cfg.count_inputs
+            ),
         )
         .repartition(target_num_rows_per_block=16)
         .map_batches(
-            extract_html, fn_kwargs=dict(favour_precision=cfg.favour_precision), batch_format="pyarrow"
+            extract_html,
+            fn_kwargs=dict(favour_precision=cfg.favour_precision, timeout=cfg.extract_timeout),
+            batch_format="pyarrow",
         )
         .map_batches(
             _check_text,
@@ -171,17 +189,27 @@ def run(ctx: StageContext) -> StageOutput:
         )
         .materialize()
     )
+    file_stats = [
+        json.loads(row["meta"])
+        for row in ds.map_batches(_stats_rows, fn_kwargs=dict(keep=True), batch_format="pyarrow").take_all()
+    ]
     skipped: dict[str, int] = {}
-    for row in ds.map_batches(_stats_rows, fn_kwargs=dict(keep=True), batch_format="pyarrow").take_all():
-        for k, v in json.loads(row["meta"]).items():
-            skipped[k] = skipped.get(k, 0) + v
+    repaired: dict[str, int] = {}
+    for st in file_stats:
+        for total, part in ((skipped, st["skipped"]), (repaired, st["repaired"])):
+            for k, v in part.items():
+                total[k] = total.get(k, 0) + v
     docs = ds.map_batches(_stats_rows, fn_kwargs=dict(keep=False), batch_format="pyarrow")
     return StageOutput(
         docs,
+        # counted by the readers, before extraction and checks: the runner compares it with what is written
+        docs_in=sum(st["rows"] for st in file_stats),
         details={
             "files": len(files),
             "files_skipped_unknown_format": unknown,
             "non_document_warc_records": skipped,
+            "repaired": dict(sorted(repaired.items())),
+            **(check_counts(file_stats) if cfg.count_inputs else {}),
         },
     )
 
