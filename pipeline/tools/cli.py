@@ -64,6 +64,13 @@ def cmd_tune(args) -> None:
     )
 
 
+def cmd_ablate(args) -> None:
+    from pipeline.tools.ablate.run import cli_ablate
+
+    arms = args.arms.split(",") if args.arms else None
+    cli_ablate(args.config, arms=arms, seeds=args.seeds, tokens=args.tokens)
+
+
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="phicurate", description="Data-optimal pretraining data, Phi-3 style.")
     sub = p.add_subparsers(dest="command", required=True)
@@ -127,6 +134,17 @@ def build_parser() -> argparse.ArgumentParser:
         help="for a signal without a rule in the config: which side passes",
     )
     tu.set_defaults(func=cmd_tune)
+
+    ab = sub.add_parser(
+        "ablate", help="train the same small model on each data arm (raw, filtered, curated, ...) and compare"
+    )
+    ab.add_argument("config", help="an ablation YAML (with `base:`) or a pipeline config (default settings)")
+    ab.add_argument("--arms", help="comma-separated arms, e.g. raw,filtered,curated or a recipe name")
+    ab.add_argument("--seeds", type=int, help="training seeds per arm (default 3)")
+    ab.add_argument(
+        "--tokens", type=int, help="training tokens per arm (default: train.max_phase_tokens x phases)"
+    )
+    ab.set_defaults(func=cmd_ablate)
 
     from classifiers.cli import add_parser as add_classifier_parser
 

@@ -1,0 +1,1 @@
+"""Data ablations: does a curation choice train a better model per token? See docs/ablate.md."""
