@@ -412,7 +412,7 @@ def _fuzz_inputs(d, seed: int) -> tuple[set[str], int]:
     import zstandard
 
     rng = random.Random(seed)
-    good, bad = set(), 0
+    good, bad, given = set(), 0, []
 
     def marker() -> str:
         m = f"zq{len(good):04d}x{rng.randint(0, 10**6)}"
@@ -428,6 +428,8 @@ def _fuzz_inputs(d, seed: int) -> tuple[set[str], int]:
         if kind == "nul":
             text += " nul \\u0000 here"
         rid = '{"a": %d}' % rng.randint(0, 10**9) if kind == "dict_id" else f'"{m}"'
+        if kind != "dict_id":
+            given.append(m)
         return b'{"id": %s, "text": "%s"}' % (rid.encode(), text.encode())
 
     bad_lines = [
@@ -449,6 +451,11 @@ def _fuzz_inputs(d, seed: int) -> tuple[set[str], int]:
         for _ in range(rng.randint(5, 15)):
             if rng.random() < 0.3:
                 lines.append(rng.choice(bad_lines))
+                bad += 1
+            elif rng.random() < 0.1 and given:  # a later record with an id already given: duplicate_id
+                lines.append(
+                    b'{"id": "%s", "text": "%s zd%d."}' % (rng.choice(given).encode(), GOOD.encode(), bad)
+                )
                 bad += 1
             else:
                 lines.append(good_line())
@@ -491,6 +498,7 @@ def test_fuzzed_inputs_through_ingest_lose_nothing(tmp_path, write_config, ray_l
     found = {w.strip(".,") for t in kept for w in t.split() if w.startswith("zq")}
 
     assert found == good, f"lost {sorted(good - found)}, invented {sorted(found - good)}"
+    assert not [t for t in kept if " zd" in t]  # no second record of an id was kept
     assert rec["docs_out"] == len(good)
     assert sum(rec["dropped"].values()) == bad, rec["dropped"]
     assert rec["docs_in"] == len(good) + bad
@@ -500,3 +508,20 @@ def test_fuzzed_inputs_through_ingest_lose_nothing(tmp_path, write_config, ray_l
     }
     assert rec["details"]["files_checked"] >= 5  # the sound files were counted apart and agreed
     assert os.path.join(str(d), "zero.jsonl") in rec["details"]["files_empty"]
+
+
+def test_ingest_of_only_empty_files_completes_empty(tmp_path, write_config, ray_local):
+    """Empty is normal: a record with zero documents and an empty typed part for the next stage."""
+    from pipeline.config import load_config
+    from pipeline.runner import run_pipeline
+
+    d = tmp_path / "in"
+    d.mkdir()
+    (d / "e.jsonl").write_bytes(b"")
+    (d / "blank.jsonl").write_bytes(b"\n  \n\r\n")
+    cfg = load_config(write_config({"ingest": {"inputs": [{"path": str(d), "source": "web/e"}]}}))
+    [rec] = run_pipeline(cfg)
+    assert (rec["docs_in"], rec["docs_out"], rec["dropped"]) == (0, 0, {})
+    assert len(rec["details"]["files_empty"]) == 2 and rec["details"]["files_checked"] == 2
+    part = pq.read_table(str(tmp_path / "out" / "ingest"))
+    assert part.num_rows == 0 and {"id", "text", "source"} <= set(part.column_names)

@@ -5,6 +5,7 @@ from __future__ import annotations
 import glob
 import json
 import os
+from typing import TYPE_CHECKING
 
 import pyarrow as pa
 import pyarrow.compute as pc
@@ -16,6 +17,9 @@ from pipeline.stages.ingest.config import IngestConfig
 from pipeline.stages.ingest.count import count_records
 from pipeline.stages.ingest.extract import extract_html
 from pipeline.stages.ingest.readers import InputFile, read_jsonl, read_parquet, read_warc
+
+if TYPE_CHECKING:
+    import ray.data
 
 WARC_SUFFIXES = (".warc", ".warc.gz", ".wet", ".wet.gz", ".arc", ".arc.gz")
 JSONL_SUFFIXES = tuple(s + c for s in (".jsonl", ".json", ".ndjson") for c in ("", ".gz", ".zst", ".bz2"))
@@ -151,6 +155,53 @@ def _check_text(batch: pa.Table, max_doc_bytes: int, min_chars: int) -> pa.Table
     return pa.Table.from_pylist(rows, schema=batch.schema)
 
 
+def _kept_rows(batch: pa.Table, columns: list[str], ids: list[str] | None = None) -> pa.Table:
+    keep = pc.is_null(batch["drop_reason"])
+    if ids is not None:
+        keep = pc.and_(keep, pc.is_in(batch["id"], pa.array(ids, pa.string())))
+    return batch.filter(keep).select(columns)
+
+
+def _place(meta: str) -> tuple:
+    """A record's place, for choosing which of several with one id is kept: the first in file order."""
+    m = json.loads(meta)
+    kind, _, n = m["pos"].partition(" ")
+    return (m["file"], kind, int(n) if n.isdigit() else 0)
+
+
+def _drop_duplicates(batch: pa.Table, keeper: dict[str, str]) -> pa.Table:
+    rows = batch.to_pylist()
+    for r in rows:
+        first = keeper.get(r["id"])
+        if r["drop_reason"] is None and first is not None and r["meta"] != first:
+            r["drop_reason"] = "duplicate_id"
+            r["drop_detail"] = f"{r['meta']}: id {r['id']} is already the id of {first}"[:2000]
+    return pa.Table.from_pylist(rows, schema=batch.schema)
+
+
+def _repeated(counts: pa.Table) -> pa.Table:
+    return counts.filter(pc.greater(counts["count()"], 1))
+
+
+def mark_duplicate_ids(ds: "ray.data.Dataset") -> tuple["ray.data.Dataset", int]:
+    """Records that carry an id already given to another (a JSONL id, a WARC-Record-ID) are dropped as
+    `duplicate_id`, except the first in file order, so every later stage can key on the id and the choice
+    does not depend on scheduling. Returns the dataset and how many ids were duplicated."""
+    ids = ds.map_batches(_kept_rows, fn_kwargs=dict(columns=["id"]), batch_format="pyarrow")
+    counts = ids.groupby("id").count().map_batches(_repeated, batch_format="pyarrow")
+    dup = [r["id"] for r in counts.take_all()]
+    if not dup:
+        return ds, 0
+    places = ds.map_batches(
+        _kept_rows, fn_kwargs=dict(columns=["id", "meta"], ids=dup), batch_format="pyarrow"
+    )
+    keeper: dict[str, str] = {}
+    for r in places.take_all():
+        if r["id"] not in keeper or _place(r["meta"]) < _place(keeper[r["id"]]):
+            keeper[r["id"]] = r["meta"]
+    return ds.map_batches(_drop_duplicates, fn_kwargs=dict(keeper=keeper), batch_format="pyarrow"), len(dup)
+
+
 def _stats_rows(batch: pa.Table, keep: bool) -> pa.Table:
     is_stats = pc.fill_null(pc.equal(batch["drop_reason"], STATS), False)
     return batch.filter(is_stats if keep else pc.invert(is_stats))
@@ -199,7 +250,8 @@ def run(ctx: StageContext) -> StageOutput:
         for total, part in ((skipped, st["skipped"]), (repaired, st["repaired"])):
             for k, v in part.items():
                 total[k] = total.get(k, 0) + v
-    docs = ds.map_batches(_stats_rows, fn_kwargs=dict(keep=False), batch_format="pyarrow")
+    docs, duplicated = mark_duplicate_ids(ds)
+    docs = docs.map_batches(_stats_rows, fn_kwargs=dict(keep=False), batch_format="pyarrow")
     return StageOutput(
         docs,
         # counted by the readers, before extraction and checks: the runner compares it with what is written
@@ -209,6 +261,7 @@ def run(ctx: StageContext) -> StageOutput:
             "files_skipped_unknown_format": unknown,
             "non_document_warc_records": skipped,
             "repaired": dict(sorted(repaired.items())),
+            "ids_duplicated": duplicated,
             **(check_counts(file_stats) if cfg.count_inputs else {}),
         },
     )
