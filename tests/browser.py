@@ -11,7 +11,8 @@ CHROMEDRIVER = shutil.which("chromedriver")
 
 
 def open_page(path: str):
-    """Load a local page; return (driver, severe console messages). The caller quits the driver."""
+    """Load a local page (a file path, or an http:// URL of a local server); return (driver, severe console
+    messages). The caller quits the driver."""
     if not (CHROMIUM and CHROMEDRIVER):
         pytest.skip("needs Debian's chromium and chromium-driver (.ci/run installs them)")
     from selenium import webdriver
@@ -33,7 +34,7 @@ def open_page(path: str):
         opts.add_argument(arg)
     opts.set_capability("goog:loggingPrefs", {"browser": "ALL"})
     driver = webdriver.Chrome(service=Service(CHROMEDRIVER), options=opts)
-    driver.get(f"file://{path}")
+    driver.get(path if path.startswith("http://") else f"file://{path}")
     severe = [entry for entry in driver.get_log("browser") if entry["level"] == "SEVERE"]
     return driver, severe
 

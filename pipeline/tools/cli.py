@@ -51,17 +51,27 @@ def cmd_train(args) -> None:
 
 
 def cmd_tune(args) -> None:
-    from pipeline.tools.tune import tune
+    from pipeline.tools.tune import tune, write_select
 
-    tune(
-        args.output,
-        args.signal,
-        config_path=args.config,
-        at=args.at,
-        n_samples=args.samples,
-        plot_path=args.plot,
-        keep=args.keep,
-    )
+    if args.serve:
+        from pipeline.tools.tune_server import serve
+
+        serve(args.output, args.config, port=args.port, host=args.host, write_path=args.write)
+        return
+    if not (args.signal or args.write):
+        raise UserError("tune: give --signal NAME, --serve or --write CONFIG")
+    if args.signal:
+        tune(
+            args.output,
+            args.signal,
+            config_path=args.config,
+            at=args.at,
+            n_samples=args.samples,
+            plot_path=args.plot,
+            keep=args.keep,
+        )
+    if args.write:
+        print(write_select(args.output, args.write, args.config, args.signal, args.at))
 
 
 def cmd_ablate(args) -> None:
@@ -111,12 +121,10 @@ def build_parser() -> argparse.ArgumentParser:
     t.set_defaults(func=cmd_train)
 
     tu = sub.add_parser(
-        "tune", help="share of documents and tokens a threshold on one signal keeps, from annotate's columns"
+        "tune", help="what select's thresholds keep, from annotate's columns: one signal, or a page (--serve)"
     )
     tu.add_argument("output")
-    tu.add_argument(
-        "--signal", required=True, help="a signal column (e.g. edu_score, gopher_words) or a rule name"
-    )
+    tu.add_argument("--signal", help="a signal column (e.g. edu_score, gopher_words) or a rule name")
     tu.add_argument(
         "--config",
         help="take the other select rules from this config (default: those of the last select run)",
@@ -132,6 +140,17 @@ def build_parser() -> argparse.ArgumentParser:
         "--keep",
         choices=["above", "below"],
         help="for a signal without a rule in the config: which side passes",
+    )
+    tu.add_argument(
+        "--serve", action="store_true", help="serve a page to move every select threshold at once"
+    )
+    tu.add_argument("--port", type=int, default=8765, help="--serve: port (0: any free one; default 8765)")
+    tu.add_argument("--host", default="127.0.0.1", help="--serve: address to bind (default 127.0.0.1: local)")
+    tu.add_argument(
+        "--write",
+        metavar="CONFIG",
+        help="write the select section (with --signal: at the --at threshold) into this recipe; "
+        "a new file copies --config's",
     )
     tu.set_defaults(func=cmd_tune)
 

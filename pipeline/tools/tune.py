@@ -255,3 +255,21 @@ def tune(
             raise UserError(f"--samples: no threshold for {column} in the config; give one with --at")
         samples(output, table, s, passing, threshold, n_samples, out)
     return s
+
+
+def write_select(
+    output: str, path: str, config_path: str | None, signal: str | None, at: list[float] | None
+) -> str:
+    """--write: the select rules tune combines with (--config's or the last run's), with --signal's rule at
+    the --at threshold, written into a recipe that `phicurate validate` accepts."""
+    from pipeline.tools import tune_params
+
+    cfg = select_config(output, config_path)
+    if signal:
+        if not at or len(at) != 1:
+            raise UserError("--write with --signal: give the one threshold to write with --at T")
+        column, rule, _ = pick_rule(rules.rules(cfg), signal, None)
+        fs, first = storage.resolve(annotate_files(output)[0])
+        names = set(pads.dataset(first, format="parquet", filesystem=fs).schema.names)
+        cfg = tune_params.set_rule(cfg, names, rule.reason if rule else column, at[0])
+    return tune_params.write(path, cfg, config_path)
