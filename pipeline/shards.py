@@ -193,6 +193,7 @@ class PackedSequences:
 
 MANIFEST = "manifest.json"  # per phase: what the shards hold (DESIGN.md "Contracts")
 MANIFEST_KEYS = ("phase", "tokenizer", "vocab_size", "tokens", "sources", "shards")
+WEIGHT_DIGITS = 6  # blend weights are written rounded to this many decimals
 DOCUMENTS = "documents.parquet"  # per phase: which document of which source sits where in the shards
 DOCUMENTS_SCHEMA = pa.schema(
     [
@@ -209,6 +210,86 @@ DOCUMENTS_SCHEMA = pa.schema(
 def manifest_path(mix_dir: str, phase: str) -> str:
     join = posixpath.join if "://" in mix_dir else os.path.join
     return join(mix_dir, phase, MANIFEST)
+
+
+def phase_location(path: str) -> str:
+    """Where a phase directory is, as any tool can name it: an absolute local path or the full URI."""
+    return path.rstrip("/") if "://" in path else os.path.abspath(path)
+
+
+def blend_fields(location: str, shards: list[str], shard_tokens: list[int]) -> dict:
+    """The manifest's Megatron fields for shards (names relative to the phase directory) at `location`.
+
+    `blend` is what `GPTDatasetConfig(blend=(prefixes, weights))` takes, and `data_path` the same as the
+    `--data-path` string of Megatron-LM's pretrain_gpt.py: prefixes that resolve from any working directory
+    (absolute paths, or full URIs on an object store), weighted by each shard's share of the tokens, so a
+    blended dataset reads every shard in proportion to its size. `dir` records where they were written;
+    a reader of a mix copied elsewhere rebases them onto where the manifest now is (`read_blend`).
+    """
+    location = phase_location(location)
+    join = posixpath.join if "://" in location else os.path.join
+    total = sum(shard_tokens)
+    weights = [round(t / total, WEIGHT_DIGITS) if total else 0.0 for t in shard_tokens]
+    prefixes = [join(location, s) for s in shards]
+    return {
+        "dir": location,
+        "shard_tokens": [int(t) for t in shard_tokens],
+        "blend": {"prefixes": prefixes, "weights": weights},
+        "data_path": data_path(
+            {"blend": {"prefixes": prefixes, "weights": weights}}, join(location, MANIFEST)
+        ),
+    }
+
+
+def read_blend(manifest: dict, manifest_file: str) -> tuple[list[str], list[float] | None]:
+    """The blend's shard prefixes, resolved where the manifest now is, and their weights.
+
+    Current manifests name absolute prefixes (or URIs) under their `dir`; when the mix has been moved or
+    copied since (e.g. from an object store to a shared disk), prefixes under the old `dir` are rebased onto
+    the manifest's own directory. Older manifests wrote `blend` as "w1 shard_00000 w2 shard_00001 ..." with
+    names relative to the manifest's directory; those, and relative prefixes, are joined to it. Without a
+    blend at all, the `shards` are read with no weights.
+    """
+    remote = "://" in manifest_file
+    here = manifest_file.rsplit("/", 1)[0] if remote else os.path.dirname(os.path.abspath(manifest_file))
+    join = posixpath.join if remote else os.path.join
+    blend = manifest.get("blend")
+    if isinstance(blend, dict):
+        prefixes, weights = list(blend.get("prefixes", [])), blend.get("weights")
+    elif isinstance(blend, str):  # older manifests: "weight name weight name ..."
+        words = blend.split()
+        if len(words) % 2:
+            raise ShardError(f"{manifest_file}: blend {blend!r} is not pairs of 'weight shard'")
+        try:
+            weights = [float(w) for w in words[::2]]
+        except ValueError:
+            raise ShardError(f"{manifest_file}: blend {blend!r} has a weight that is not a number") from None
+        prefixes = words[1::2]
+    elif blend is None:
+        prefixes, weights = list(manifest["shards"]), None
+    else:
+        raise ShardError(f"{manifest_file}: blend must be an object with prefixes and weights, got {blend!r}")
+    if weights is not None and len(weights) != len(prefixes):
+        raise ShardError(
+            f"{manifest_file}: the blend has {len(prefixes)} prefixes but {len(weights)} weights"
+        )
+    old = manifest.get("dir")
+    resolved = []
+    for p in prefixes:
+        if old and old != here and p.startswith(old.rstrip("/") + "/"):
+            p = join(here, p[len(old.rstrip("/")) + 1 :])
+        elif "://" not in p and not os.path.isabs(p):
+            p = join(here, p)
+        resolved.append(p)
+    return resolved, weights
+
+
+def data_path(manifest: dict, manifest_file: str) -> str:
+    """Megatron-LM's `--data-path` string of the blend as `read_blend` resolves it where the manifest is."""
+    prefixes, weights = read_blend(manifest, manifest_file)
+    if weights is None:
+        return " ".join(prefixes)
+    return " ".join(f"{w:.{WEIGHT_DIGITS}f} {p}" for w, p in zip(weights, prefixes))
 
 
 def write_manifest(out_dir: str, manifest: dict) -> None:
@@ -239,3 +320,12 @@ def read_manifest(mix_dir: str, phase: str) -> dict:
     if not isinstance(manifest["vocab_size"], int) or manifest["vocab_size"] < 1:
         raise ShardError(f"{path}: vocab_size must be a positive integer, got {manifest['vocab_size']!r}")
     return manifest
+
+
+if __name__ == "__main__":  # python -m pipeline.shards PHASE_DIR/manifest.json: --data-path where it is now
+    import sys
+
+    if len(sys.argv) != 2:
+        sys.exit("usage: python -m pipeline.shards PHASE_DIR/manifest.json")
+    with open(sys.argv[1], encoding="utf-8") as f:
+        print(data_path(json.load(f), sys.argv[1]))

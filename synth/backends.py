@@ -35,6 +35,7 @@ import pyarrow.compute as pc
 from pydantic import Field, model_validator
 
 from pipeline import storage
+from pipeline.errors import UserError
 from pipeline.section import Section
 from synth import cache
 
@@ -131,12 +132,34 @@ def prompt_seed(prompt_id: str, seed: int) -> int:
 
 
 def resolve_model(cfg: BackendConfig) -> str:
-    """The path or id the engine loads; builds the tiny Phi-3 on first use."""
+    """The path or id the engine loads; builds the tiny Phi-3 on first use.
+
+    A local directory is made absolute (the engine runs in a Ray actor, maybe elsewhere) and may be a
+    phicurate training output: its final model (OUTPUT/train, whose model/ is loaded) or any checkpoint
+    (.train-state/checkpoints/step-N), each a Hugging Face model directory with its tokenizer.
+    """
     if cfg.model == TINY_MODEL:
         from synth.tiny_model import ensure_tiny_phi3
 
         return os.path.abspath(ensure_tiny_phi3(TINY_MODEL_DIR))
-    return cfg.model
+    if cfg.kind != "vllm" or not os.path.isdir(cfg.model):
+        return cfg.model  # a Hub id, or the endpoint's served model name
+    path = os.path.abspath(cfg.model)
+    if not os.path.isfile(os.path.join(path, "config.json")) and os.path.isfile(
+        os.path.join(path, "model", "config.json")
+    ):
+        path = os.path.join(path, "model")  # the train stage's directory
+    if not os.path.isfile(os.path.join(path, "config.json")):
+        raise UserError(
+            f"synth.backend.model: {cfg.model} is a directory without config.json, not a Hugging Face model "
+            f"(a phicurate model is OUTPUT/train/model or a checkpoint .train-state/checkpoints/step-N)"
+        )
+    if not any(os.path.isfile(os.path.join(path, f)) for f in ("tokenizer.json", "tokenizer.model")):
+        raise UserError(
+            f"synth.backend.model: {path} has no tokenizer files (tokenizer.json); a model trained by an "
+            f"older phicurate lacks them: save the mix's tokenizer into it (save_pretrained) or retrain"
+        )
+    return path
 
 
 def _results(batch: pa.Table, rows: list[tuple]) -> pa.Table:

@@ -161,7 +161,10 @@ def test_mix_writes_both_phases_as_the_recipe_says(ray_local, upstream, tmp_path
     for phase, recipe in (("phase1", MIX["phase1"]), ("phase2", MIX["phase2"])):
         pdir = out / "mix" / phase
         manifest = json.loads((pdir / "manifest.json").read_text())
-        assert list(manifest) == ["phase", "tokenizer", "vocab_size", "tokens", "sources", "shards", "blend"]
+        assert list(manifest) == [
+            *("phase", "tokenizer", "vocab_size", "tokens", "sources", "shards"),
+            *("dir", "shard_tokens", "blend", "data_path"),
+        ]
         assert manifest["phase"] == phase and manifest["vocab_size"] == 32011
         shards = [IndexedDataset(str(pdir / s)) for s in manifest["shards"]]
         assert len(shards) > 1  # shard_tokens is small on purpose
@@ -174,10 +177,9 @@ def test_mix_writes_both_phases_as_the_recipe_says(ray_local, upstream, tmp_path
             == sum(v["tokens"] for v in manifest["sources"].values())
         )
         assert all(s.num_tokens >= 8000 for s in shards[:-1])
-        # blend: every shard, weights = its share of the tokens
-        blend = manifest["blend"].split()
-        assert blend[1::2] == manifest["shards"]
-        assert [float(w) for w in blend[::2]] == pytest.approx(
+        # blend: every shard by its absolute prefix, weights = its share of the tokens
+        assert manifest["blend"]["prefixes"] == [str(pdir / s) for s in manifest["shards"]]
+        assert manifest["blend"]["weights"] == pytest.approx(
             [s.num_tokens / manifest["tokens"] for s in shards], abs=1e-6
         )
         # shares: within one document's tokens of the recipe's weight
@@ -226,8 +228,9 @@ def test_same_seed_same_bytes_other_seed_other_order(ray_local, upstream, tmp_pa
     for phase in ("phase1", "phase2"):
         files = sorted(p.name for p in (a / "mix" / phase).iterdir())
         assert files == sorted(p.name for p in (b / "mix" / phase).iterdir())
-        for f in files:
-            assert (a / "mix" / phase / f).read_bytes() == (b / "mix" / phase / f).read_bytes(), f
+        for f in files:  # the manifests name their own directory (absolute blend prefixes): a's, b's
+            here = (a / "mix" / phase / f).read_bytes().replace(str(a).encode(), str(b).encode())
+            assert here == (b / "mix" / phase / f).read_bytes(), f
         ids_a = pq.read_table(a / "mix" / phase / "documents.parquet")["id"].to_pylist()
         ids_c = pq.read_table(c / "mix" / phase / "documents.parquet")["id"].to_pylist()
         assert ids_a != ids_c

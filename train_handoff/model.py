@@ -1,5 +1,5 @@
 """The Phi-3 model: transformers' `Phi3ForCausalLM` at a preset size, with embedding rows fitted to the
-tokenizer."""
+tokenizer, and saved as a Hugging Face model directory that transformers and vLLM load as it is."""
 
 from __future__ import annotations
 
@@ -9,6 +9,8 @@ from transformers import Phi3Config, Phi3ForCausalLM
 from train_handoff.config import PRESETS, TrainConfig
 from train_handoff.errors import TrainError
 
+# Phi-3's generation_config.json stops on these (32000, 32001, 32007), so a chat reply ends at <|end|>
+STOP_TOKENS = ("<|endoftext|>", "<|assistant|>", "<|end|>")
 VOCAB_MULTIPLE = 64  # Phi-3 pads its 32,011 tokens to 32,064 rows: matmuls on multiples of 64 run faster
 
 
@@ -55,3 +57,39 @@ def build_model(cfg: TrainConfig, vocab_size: int, eos_token_id: int | None = No
     if cfg.activation_checkpointing:
         model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
     return model
+
+
+def load_tokenizer(name: str):
+    """The tokenizer a manifest names (local directory or Hub id), to save beside every model.
+
+    `PreTrainedTokenizerFast` rather than `AutoTokenizer`, as pipeline/tokenizer.py does (for Phi-3 the latter
+    picks a slow-path tokenizer that encodes a leading space differently); its saved tokenizer_config.json
+    names that class, so `AutoTokenizer` loads the saved copy the same way. Loaded here, not through
+    pipeline.tokenizer: the trainer depends on nothing of the pipeline but its shard format.
+    """
+    from transformers import PreTrainedTokenizerFast
+
+    try:
+        return PreTrainedTokenizerFast.from_pretrained(name)
+    except (OSError, ValueError) as e:
+        raise TrainError(
+            f"tokenizer '{name}' (named by the manifest): cannot load it to save beside the model: {e}"
+        ) from None
+
+
+def save_hf(path: str, model, weights: dict, tokenizer=None) -> None:
+    """A complete Hugging Face model directory: config.json, model.safetensors, generation_config.json and,
+    with a tokenizer, its files (tokenizer.json, tokenizer_config.json with the chat template, special tokens)
+    so that `AutoTokenizer`, `AutoModelForCausalLM` and `vllm.LLM` load `path` with no other step."""
+    if tokenizer is not None:
+        vocab = tokenizer.get_vocab()
+        stop = [vocab[t] for t in STOP_TOKENS if t in vocab]
+        gen = model.generation_config
+        gen.bos_token_id = tokenizer.bos_token_id
+        gen.pad_token_id = (
+            tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id
+        )
+        gen.eos_token_id = stop if len(stop) > 1 else tokenizer.eos_token_id
+    model.save_pretrained(path, state_dict=weights)
+    if tokenizer is not None:
+        tokenizer.save_pretrained(path)

@@ -25,7 +25,15 @@ from typing import Callable
 import numpy as np
 import pyarrow.parquet as pq
 
-from pipeline.shards import DOCUMENTS, PackedSequences, ShardError, manifest_path, read_manifest
+from pipeline.shards import (
+    DOCUMENTS,
+    WEIGHT_DIGITS,
+    PackedSequences,
+    ShardError,
+    manifest_path,
+    read_blend,
+    read_manifest,
+)
 from train_handoff.config import TrainConfig
 from train_handoff.errors import TrainError
 
@@ -48,18 +56,30 @@ def fingerprint(manifest: dict) -> str:
     return hashlib.sha256(json.dumps(manifest, sort_keys=True).encode()).hexdigest()[:16]
 
 
-def _shard_path(manifest_file: str, path: str) -> str:
-    """Manifest paths are relative to the manifest's directory unless absolute."""
-    return (
-        path if os.path.isabs(path) or "://" in path else os.path.join(os.path.dirname(manifest_file), path)
-    )
+def _pack(manifest_file: str, manifest: dict, seq_len: int) -> PackedSequences:
+    """The manifest's blend (what Megatron reads too) as one packed stream, shard after shard.
 
-
-def _pack(manifest_file: str, shards: list[str], seq_len: int) -> PackedSequences:
+    The stream reads every shard once, so it is the blend only if each weight is its shard's share of the
+    tokens (what the mix writes): other weights would be silently ignored here, so they are an error.
+    """
     try:
-        return PackedSequences([_shard_path(manifest_file, s) for s in shards], seq_len)
+        prefixes, weights = read_blend(manifest, manifest_file)
+        if len(prefixes) != len(manifest["shards"]):
+            raise ShardError(
+                f"the blend names {len(prefixes)} shards but `shards` lists {len(manifest['shards'])}"
+            )
+        stream = PackedSequences(prefixes, seq_len)
     except ShardError as e:
         raise TrainError(f"{manifest_file}: {e}") from None
+    total = int(stream.offsets[-1])
+    shares = [s.num_tokens / total if total else 0.0 for s in stream.shards]
+    if weights is not None and any(abs(w - x) > 10.0**-WEIGHT_DIGITS for w, x in zip(weights, shares)):
+        raise TrainError(
+            f"{manifest_file}: blend weights {weights} are not the shards' shares of the tokens "
+            f"{[round(x, WEIGHT_DIGITS) for x in shares]}; the trainer reads each shard once, so it trains "
+            f"only on a blend weighted by size (rerun the mix, or train with Megatron's --data-path)"
+        )
+    return stream
 
 
 def heldout_by_source(
@@ -109,7 +129,7 @@ def load_phase(cfg: TrainConfig, mix_dir: str, name: str) -> tuple[Phase, dict]:
         )
     manifest = read_manifest(mix_dir, name)
     seq_len = cfg.context
-    stream = _pack(path, manifest["shards"], seq_len)
+    stream = _pack(path, manifest, seq_len)
     documents = os.path.join(os.path.dirname(path), DOCUMENTS)
     if not cfg.heldout_sequences:
         heldout, train = {}, np.ones(len(stream), bool)

@@ -33,7 +33,7 @@ from torch.distributed.checkpoint.state_dict import (
 from train_handoff import parallel
 from train_handoff.config import TrainConfig
 from train_handoff.errors import TrainError
-from train_handoff.model import build_model
+from train_handoff.model import build_model, load_tokenizer, save_hf
 from train_handoff.phases import Phase
 
 METRICS = "metrics.jsonl"
@@ -159,14 +159,20 @@ def _checkpoint_dirs(state_dir: str) -> list[tuple[int, str]]:
     return sorted(found)
 
 
-def save_checkpoint(state_dir: str, model, optimizer, position: dict, rt: parallel.Runtime) -> str:
-    """Sharded model + optimizer state (torch.distributed.checkpoint, one file per rank) and the data
-    position."""
+def save_checkpoint(
+    state_dir: str, model, optimizer, position: dict, rt: parallel.Runtime, tokenizer=None
+) -> str:
+    """Sharded model + optimizer state (torch.distributed.checkpoint, one file per rank) to resume from, the
+    same weights as a Hugging Face model directory (with the tokenizer) to load anywhere, and the data
+    position, last."""
     path = os.path.join(state_dir, CHECKPOINTS, f"step-{position['step']:07d}")
     msd, osd = get_state_dict(model, optimizer)
     with warnings.catch_warnings():  # a single process saves without a process group, as intended
         warnings.filterwarnings("ignore", message="torch.distributed is disabled")
         dcp.save({"model": msd, "optim": osd}, checkpoint_id=path)
+    weights = full_state_dict(model)  # a collective under FSDP: every rank joins
+    if rt.main:
+        save_hf(path, model, weights, tokenizer)
     rt.barrier()
     if rt.main:
         tmp = os.path.join(path, POSITION + ".tmp")
@@ -210,14 +216,17 @@ def train(
     stop_after: int | None = None,
     eos_token_id: int | None = None,
     log: Callable[[str], None] = print,
+    tokenizer: str | None = None,
 ) -> tuple[TrainResult, torch.nn.Module]:
     """Train phase after phase for their budgets; checkpoint into `state_dir`; return the result and the
     model.
 
     resume: continue from the newest complete checkpoint in `state_dir` (an error if there is none); otherwise
     `state_dir` is cleared first. stop_after: stop (with a checkpoint) after this many optimizer steps of this
-    invocation, e.g. to fit a job's time limit.
+    invocation, e.g. to fit a job's time limit. tokenizer: the manifest's, saved into every checkpoint so
+    that each one is a complete Hugging Face model directory (STATE/checkpoints/step-N/).
     """
+    tok = load_tokenizer(tokenizer) if tokenizer else None
     rt = parallel.start(cfg.device, cfg.precision)
     if not rt.main:
         log = lambda _: None  # noqa: E731 - one rank speaks
@@ -290,7 +299,8 @@ def train(
             "data": data_key,
             "rng": torch.get_rng_state().tolist(),
         }
-        save_checkpoint(state_dir, model, optimizer, pos, rt)
+        path = save_checkpoint(state_dir, model, optimizer, pos, rt, tok)
+        log(f"[train] checkpoint (Hugging Face model directory): {path}")
 
     heldout = {}
     if step == 0 and cfg.heldout_sequences:  # the starting point of the held-out curves

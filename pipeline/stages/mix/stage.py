@@ -28,7 +28,14 @@ import pyarrow.parquet as pq
 
 from pipeline import storage
 from pipeline.errors import UserError
-from pipeline.shards import DOCUMENTS, DOCUMENTS_SCHEMA, IndexedDataset, IndexedDatasetWriter, write_manifest
+from pipeline.shards import (
+    DOCUMENTS,
+    DOCUMENTS_SCHEMA,
+    IndexedDataset,
+    IndexedDatasetWriter,
+    blend_fields,
+    write_manifest,
+)
 from pipeline.stage import Stage, StageContext, StageOutput
 from pipeline.stages.mix.config import MixConfig
 from pipeline.stages.mix.recipes import parse_where, sample_documents, source_targets, where_mask
@@ -273,8 +280,13 @@ def write_phase(
     tokenizer_name: str,
     vocab_size: int,
     available: dict[str, int],
+    location: str | None = None,
 ) -> dict:
-    """Shuffle the picks of a phase with the seed, write its shards, documents.parquet and manifest.json."""
+    """Shuffle the picks of a phase with the seed, write its shards, documents.parquet and manifest.json.
+
+    `location`: where the phase directory ends up (the stage directory's, not the work directory's, and the
+    object store's URI when the shards are uploaded there): the manifest's blend names the shards there.
+    """
     os.makedirs(out_dir, exist_ok=True)
     src = (
         np.concatenate([np.full(len(idx), i, np.int32) for i, (_, idx, _, _) in enumerate(picks)])
@@ -331,7 +343,7 @@ def write_phase(
         "tokens": total,
         "sources": sources,
         "shards": shards,
-        "blend": " ".join(f"{t / total:.6f} {s}" for s, t in zip(shards, shard_tokens)),
+        **blend_fields(location or out_dir, shards, shard_tokens),
     }
     write_manifest(out_dir, manifest)
     return manifest
@@ -343,6 +355,9 @@ def run(ctx: StageContext) -> StageOutput:
     # output they are uploaded into the stage's work directory at the end.
     local = ctx.work_dir if "://" not in ctx.work_dir else tempfile.mkdtemp(prefix="phicurate-mix-")
     tok = load_tokenizer(cfg.tokenizer)
+    # a local tokenizer directory is named absolutely, so the manifest resolves from any working directory
+    tokenizer_name = os.path.abspath(cfg.tokenizer) if os.path.isdir(cfg.tokenizer) else cfg.tokenizer
+    final = storage.join(ctx.output, ctx.stage)  # where the work directory goes on success (runner.stage_dir)
     tmp = os.path.join(local, "_tokenized")
     os.makedirs(tmp, exist_ok=True)
     t0 = time.perf_counter()
@@ -381,7 +396,14 @@ def run(ctx: StageContext) -> StageOutput:
                 dropped["mix_not_sampled"] = dropped.get("mix_not_sampled", 0) + sub.num_rows - used
             picks.append((s.name, idx, sub, data))
         manifests[phase] = write_phase(
-            phase, picks, cfg, os.path.join(local, phase), cfg.tokenizer, len(tok), available
+            phase,
+            picks,
+            cfg,
+            os.path.join(local, phase),
+            tokenizer_name,
+            len(tok),
+            available,
+            location=storage.join(final, phase),
         )
         details[phase] = {
             "tokens": manifests[phase]["tokens"],

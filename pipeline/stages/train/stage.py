@@ -47,6 +47,12 @@ def mix_dir(config: Config) -> str:
     return config.train.mix_dir or storage.join(config.run.output, "mix")
 
 
+def model_path(config: Config) -> str:
+    """The final model's directory, absolute when local: what from_pretrained, vLLM and synth load."""
+    path = storage.join(config.run.output, "train", "model")
+    return path if "://" in path else os.path.abspath(path)
+
+
 def manifests(config: Config) -> list[str]:
     """The manifests of the phases this config trains on: a new mix reruns training."""
     return [manifest_path(mix_dir(config), phase) for phase in config.train.phases]
@@ -62,7 +68,7 @@ def run(ctx: StageContext, resume: bool = False, stop_after: int | None = None) 
 
 def _train(ctx: StageContext, resume: bool, stop_after: int | None) -> StageOutput:
     # torch and transformers load here, not when the CLI starts
-    from train_handoff.model import model_vocab
+    from train_handoff.model import load_tokenizer, model_vocab
     from train_handoff.phases import load_phases
     from train_handoff.trainer import full_state_dict, train
 
@@ -78,7 +84,17 @@ def _train(ctx: StageContext, resume: bool, stop_after: int | None) -> StageOutp
             f"'{manifest['tokenizer']}'"
         )
     state = state_dir(ctx.config)
-    result, model = train(cfg, phases, state, vocab, resume=resume, stop_after=stop_after, eos_token_id=eos)
+    tokenizer = manifest["tokenizer"] if eos is not None else None  # None: it did not load (said above)
+    result, model = train(
+        cfg,
+        phases,
+        state,
+        vocab,
+        resume=resume,
+        stop_after=stop_after,
+        eos_token_id=eos,
+        tokenizer=tokenizer,
+    )
     main = int(os.environ.get("RANK", "0")) == 0
     if not result.finished:
         if main and ctx.work_dir:
@@ -89,7 +105,7 @@ def _train(ctx: StageContext, resume: bool, stop_after: int | None) -> StageOutp
         )
     weights = full_state_dict(model) if cfg.save_model else None  # a collective under FSDP: every rank joins
     if main:
-        _finish(ctx, state, model, weights)
+        _finish(ctx, state, model, weights, load_tokenizer(tokenizer) if tokenizer else None)
     trained = result.tokens // cfg.context  # sequences
     held = sum(p.withheld for p in phases)
     packed = sum(p.packed for p in phases)
@@ -110,13 +126,15 @@ def _eos_id(tokenizer: str) -> int | None:
     try:
         return load_tokenizer(tokenizer).eos_token_id
     except UserError as e:
-        print(f"[train] the saved model gets no eos_token_id: {e}")
+        print(f"[train] the saved model gets no eos_token_id and no tokenizer files: {e}")
         return None
 
 
-def _finish(ctx: StageContext, state: str, model, weights: dict | None) -> None:
-    """Copy metrics, draw the loss curve and save the model into the stage directory."""
+def _finish(ctx: StageContext, state: str, model, weights: dict | None, tokenizer) -> None:
+    """Copy metrics, draw the loss curve and save the model (a Hugging Face model directory with the
+    tokenizer) into the stage directory."""
     from train_handoff import curve
+    from train_handoff.model import save_hf
     from train_handoff.trainer import METRICS
 
     local = "://" not in ctx.work_dir
@@ -128,7 +146,7 @@ def _finish(ctx: StageContext, state: str, model, weights: dict | None) -> None:
         metrics, os.path.join(out, "loss.png"), title=f"{ctx.config.run.name}: {ctx.section.model}"
     )
     if weights is not None:
-        model.save_pretrained(os.path.join(out, "model"), state_dict=weights)
+        save_hf(os.path.join(out, "model"), model, weights, tokenizer)
     if not local:
         import pyarrow.fs as pafs
 
@@ -138,6 +156,8 @@ def _finish(ctx: StageContext, state: str, model, weights: dict | None) -> None:
             if os.path.exists(src):
                 pafs.copy_files(src, f"{dst}/{name}", destination_filesystem=fs)
     print(f"[train] loss curve: {storage.join(ctx.output, 'train', 'loss.png')}")
+    if weights is not None:
+        print(f"[train] model to load (transformers, vLLM, synth.backend.model): {model_path(ctx.config)}")
 
 
 STAGE = Stage("train", run, outside_files=manifests)
