@@ -60,6 +60,7 @@ def annotate_demo(tmp: str) -> str:
     from pipeline.config import load_config
     from pipeline.runner import run_pipeline
 
+    os.environ.setdefault("RAY_AUTH_MODE", "disabled")  # an in-process Ray, as the other benches start it
     src = os.path.join(ROOT, "tests", "data", "demo", "onestopenglish.jsonl.zst")
     lines = io.TextIOWrapper(zstandard.ZstdDecompressor().stream_reader(open(src, "rb")), encoding="utf-8")
     rows = [next(lines) for _ in range(200)]
