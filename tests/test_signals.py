@@ -15,6 +15,7 @@ from datatrove.pipeline.filters import (
     GopherQualityFilter,
     GopherRepetitionFilter,
 )
+from datatrove.pipeline.filters.c4_filters import CITATION_REGEX, POLICY_SUBSTRINGS
 
 from pipeline.stages.annotate.signals import annotate_table
 from pipeline.stages.annotate.signals.heuristics import HEURISTIC_COLUMNS, measure
@@ -222,3 +223,59 @@ def _demo_ingest_section() -> dict:
     import yaml
 
     return yaml.safe_load(open("configs/demo.yaml"))["ingest"]
+
+
+# Texts where shortcuts in the measuring would show: words that join into the same string ("ab c" and
+# "a bc" are one 2-word string without spaces), tied top n-grams of different lengths, spaCy special
+# cases next to each other ("):" after "(n", emoticons), runs of whitespace inside C4 lines, a sentence
+# end followed by whitespace and punctuation.
+TRICKY = [
+    " ".join(["ab c d e f", "a bc d e f"] * 6 + ["x y z"] * 3),
+    "one two one two three four three four five six five six. " * 3 + "seven eight seven eight.",
+    "@cache def factorial(n): return n * factorial(n-1) if n else 1 :) (: ): :( it's Mr. Smith's\n"
+    "Call f() { x } now please.  See it .  . Done here, ok.\tTab here, fine.\n"
+    "Hi.  There is  a gap.  (Really.) Yes \u00a0it is. Okay :-) fine it 's o.O here.\n" * 2,
+    "\n\n  Leading lines.  And e.g. i.e. a.m. ok it's done.\n\n\nSame line.\nSame line.\nSame line.\n",
+]
+
+
+def test_values_equal_datatrove_functions_on_tricky_text():
+    from datatrove.pipeline.filters.gopher_repetition_filter import (
+        find_all_duplicate,
+        find_top_duplicate,
+        get_n_grams,
+    )
+    from datatrove.utils.text import split_into_sentences, split_into_words
+
+    for text in TRICKY + _onestopenglish(5):
+        got = measure(text)
+        words = split_into_words(text)
+        for n in (2, 3, 4):
+            grams = get_n_grams(words, n)
+            want = find_top_duplicate(grams) / len(text) if grams else 0.0
+            assert got[f"rep_top_{n}_gram"] == want, (n, text[:60])
+        for n in (5, 6, 7, 8, 9, 10):
+            assert got[f"rep_dup_{n}_gram"] == find_all_duplicate(words, n) / len(text), (n, text[:60])
+        assert got["gopher_alpha_words_ratio"] == sum(any(c.isalpha() for c in w) for w in words) / len(words)
+        kept_lines = []  # C4's kept lines, when no doc-level rule fires
+        for line in text.splitlines():
+            line = line.strip()
+            cut = CITATION_REGEX.sub("", line)
+            if len(line.split()) >= 3 and cut.endswith((".", "?", "!", '"', "'")) and not cut.endswith("..."):
+                if "javascript" not in cut.lower() and not any(p in cut.lower() for p in POLICY_SUBSTRINGS):
+                    kept_lines.append(cut)
+        assert got["c4_sentences"] == sum(len(split_into_sentences(line)) for line in kept_lines), text[:60]
+
+
+def test_words_equal_a_fresh_spacy_after_the_cache_has_filled():
+    """The shared tokenizer caches more chunks, and first tokenizes unseen chunks alone; a document must
+    still get exactly the tokens of a fresh spacy.blank('en')."""
+    import spacy
+
+    from pipeline.stages.annotate.signals.heuristics import _words
+
+    fresh = spacy.blank("en").tokenizer
+    words = _words()
+    for text in TRICKY + _onestopenglish(3) + TRICKY[::-1]:
+        got = [(int(a), int(b)) for a, b in words.tokens(text)[:, :2]]
+        assert got == [(t.idx, len(t)) for t in fresh(text)], text[:60]
