@@ -65,6 +65,12 @@ class InputFile:
     url_field: str | None = "url"
 
 
+def _counters(stats: dict) -> None:
+    """The per-file counts a reader fills: non-document WARC records by type, repairs by rule."""
+    for key in ("skipped", "repaired"):
+        stats.setdefault(key, {})
+
+
 def _repair(value: str | None, fixed: list[str]) -> str | None:
     """The stated repairs of a string (module docstring); the rules applied are appended to `fixed`."""
     if value is None or not _UNSTORABLE.search(value):
@@ -148,6 +154,7 @@ def line_cap(max_doc_bytes: int) -> int:
 def read_jsonl(f: InputFile, max_doc_bytes: int, stats: dict) -> Iterator[dict]:
     """One document per non-blank line; .gz/.zst/.bz2 decompressed by fsspec from the file name. Lines are
     read with a cap, so one huge line costs no more memory than `line_cap`."""
+    _counters(stats)
     cap, line_no, rows = line_cap(max_doc_bytes), 0, 0
     try:
         with _open_decompressed(f.path) as fh:
@@ -271,6 +278,7 @@ def _doc_from_mapping(f: InputFile, pos: str, rec: dict, max_doc_bytes: int) -> 
 def read_parquet(f: InputFile, max_doc_bytes: int, stats: dict) -> Iterator[dict]:
     """One document per row. A file that cannot be opened (zero bytes, no footer) or lacks the text column
     is one `bad_file` row, so the other files go on."""
+    _counters(stats)
     row = 0
     try:
         with fsspec.open(f.path, "rb") as fh:
@@ -334,6 +342,7 @@ def _binary_kind(payload: bytes, content_type: str) -> str | None:
 def read_warc(f: InputFile, max_html_bytes: int, stats: dict) -> Iterator[dict]:
     """Response/resource/conversion records become documents; other record types are counted in
     stats["skipped"]. A damaged record is kept aside at its offset and reading resumes after it."""
+    _counters(stats)
     with fsspec.open(f.path, "rb") as fh:
         gz = fh.read(3) == GZIP_MAGIC
         arc = f.path.lower().endswith((".arc", ".arc.gz"))
