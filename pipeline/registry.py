@@ -13,6 +13,7 @@ from typing import TYPE_CHECKING, Any, Callable
 
 from pipeline.section import Section
 from pipeline.stages.annotate.config import AnnotateConfig
+from pipeline.stages.decontaminate.config import DecontaminateConfig
 from pipeline.stages.dedup.config import DedupConfig
 from pipeline.stages.ingest.config import IngestConfig
 from pipeline.stages.mix.config import MixConfig
@@ -45,7 +46,9 @@ STAGES: tuple[StageSpec, ...] = (
     StageSpec("annotate", AnnotateConfig, lambda c: ("ingest",)),
     StageSpec("select", SelectConfig, lambda c: ("annotate",)),
     StageSpec("dedup", DedupConfig, lambda c: ("select",)),
-    StageSpec("synth", SynthConfig, lambda c: ("dedup",)),
+    StageSpec("decontaminate", DecontaminateConfig, lambda c: ("dedup",)),
+    # web seeds (and synth's dedup reference): the decontaminated web documents when that stage is configured
+    StageSpec("synth", SynthConfig, lambda c: ("dedup",) if c.decontaminate is None else ("decontaminate",)),
     StageSpec("mix", MixConfig, lambda c: c.mix.stages_read()),
     # train reads the manifests of a mix (its own run's or train.mix_dir), fingerprinted as outside files
     StageSpec("train", TrainConfig, lambda c: ()),

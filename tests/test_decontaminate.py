@@ -1,79 +1,101 @@
-"""Decontamination drops a document holding a real HumanEval item and keeps the others, naming the item
-hit."""
+"""The matcher against the bundled benchmark sets: what counts as evidence, which item a hit names, bad input.
+
+The documents and Ray are in tests/test_decontaminate_stage.py; here the index itself, built once from the
+real MMLU, GSM8K and HumanEval files."""
+
+from __future__ import annotations
 
 import gzip
 import json
 
-import pyarrow as pa
 import pytest
 
 from pipeline.errors import UserError
-from synth.decontaminate import DecontaminationConfig, decontaminate, load_index, mark
+from pipeline.stages.decontaminate.config import DATA_DIR, DecontaminateConfig
+from pipeline.stages.decontaminate.index import load_index, normalize
 
-HUMANEVAL = "tests/data/benchmarks/HumanEval.jsonl.gz"
+
+@pytest.fixture(scope="module")
+def index():
+    return load_index(DecontaminateConfig())
 
 
-def _items():
-    with gzip.open(HUMANEVAL, "rt") as f:
+def _rows(name: str) -> list[dict]:
+    with gzip.open(f"{DATA_DIR}/{name}", "rt", encoding="utf-8") as f:
         return [json.loads(line) for line in f]
 
 
-def _cfg(**kw):
-    bench = {"path": HUMANEVAL, "fields": ["prompt", "canonical_solution"], "id_field": "task_id"}
-    return DecontaminationConfig(benchmarks=[bench], **kw)
+def test_normalization_of_case_quotes_punctuation_and_line_breaks():
+    a = "Janet’s ducks lay 16 eggs; “quoted” ‘left’ — café\n\n  NEW   line"
+    b = "janets DUCKS lay 16 eggs, \"quoted\" 'left' - cafe new\tline"
+    assert normalize(a) == normalize(b) == "janets ducks lay 16 eggs quoted left cafe new line".split()
+    assert normalize("1,821 and 0.07") == ["1", "821", "and", "0", "07"]  # numbers stay numbers
 
 
-CLEAN = (
-    "Photosynthesis is how plants turn light into chemical energy. In the chloroplasts, light reactions "
-    "split "
-    "water and release oxygen, and the Calvin cycle fixes carbon dioxide into sugars that the plant stores."
-)
+def test_index_holds_every_item_and_reports_its_size(index):
+    stats = index.stats()
+    assert stats["items"] == {"mmlu": 14079, "gsm8k": 1319, "humaneval": 164}
+    assert stats["ngrams"] > 100_000 and stats["exact_texts"] > 1000
+    assert 1 < stats["memory_mb"] < 500
 
 
-def _contaminated(item: dict) -> str:
-    # a solution blog post that pastes the benchmark function with its docstring, reformatted
-    body = (item["prompt"] + item["canonical_solution"]).replace("    ", "\t")
-    return "Today we solve a classic exercise.\n\n" + body + "\n\nThat is all for this week, see you soon!"
+def test_shared_instruction_is_not_evidence_and_hits_name_their_own_item(index):
+    moral = [r for r in _rows("mmlu-test.jsonl.gz") if r["subject"] == "moral_scenarios"]
+    a, b = moral[10], moral[11]
+    instruction = a["question"].split("Scenario 1")[0]
+    assert instruction == b["question"].split("Scenario 1")[0] and len(instruction.split()) >= 13
+    assert index.stats()["shared_ngrams_ignored"] > 0
+    assert index.find(f"An essay on ethics. {instruction} We discuss it below.") is None
+    for r in (a, b):
+        hit = index.find(f"Quiz of the day:\n{r['question']}\nAnswer: {r[r['answer']]}")
+        assert (hit.benchmark, hit.item_id) == ("mmlu", r["id"])
 
 
-@pytest.mark.parametrize("strict", [False, True])
-def test_drops_the_doc_with_a_humaneval_item_and_keeps_the_clean_one(strict):
-    item = _items()[12]
-    index = load_index(_cfg(strict=strict))
-    assert len(index.items) + index.too_short == 164 and index.n == (10 if strict else 13)
-    table = pa.table(
-        {
-            "id": ["leak", "clean", "gone"],
-            "text": [_contaminated(item), CLEAN, _contaminated(item)],
-            "drop_reason": [None, None, "too_short"],
-            "drop_detail": [None, None, "3 words"],
-        }
-    )
-    out = mark(table, index).to_pylist()
-    assert out[0]["drop_reason"] == "contaminated"
-    assert out[0]["drop_detail"].startswith(f"HumanEval:{item['task_id']} (")
-    assert out[1]["drop_reason"] is None and out[1]["drop_detail"] is None
-    assert (out[2]["drop_reason"], out[2]["drop_detail"]) == ("too_short", "3 words")  # earlier drops stay
+def test_runs_of_numbers_are_not_evidence(index):
+    sally = _rows("gsm8k-test.jsonl.gz")[1231]
+    assert "50 + 80 + 80 + 60 + 40 + 90 + 100 + 70 + 60" in sally["answer"]
+    scores = "Quiz scores\n50 + 80 + 80 + 60 + 40 + 90 + 100 + 70 + 60 = 630\n630 / 9 = 70\nAverage: 70"
+    assert index.find(scores) is None
+    hit = index.find("Homework: " + sally["question"])  # the words around those numbers are evidence
+    assert (hit.benchmark, hit.item_id) == ("gsm8k", "line 1232")
 
 
-def test_strict_mode_needs_the_diff_to_confirm_a_shared_10gram():
-    item = _items()[0]
-    shared = " ".join(item["prompt"].split('"""')[1].split()[:12])  # 12 words of the docstring, nothing else
-    text = f"{CLEAN} As a puzzle book once said: {shared}. {CLEAN}"
-    assert load_index(_cfg(ngram=10)).find(text) is not None  # plain 10-gram mode flags it
-    assert load_index(_cfg(strict=True)).find(text) is None  # the diff finds too little of the item
+def test_short_items_are_matched_whole_not_by_a_fragment(index):
+    short = next(r for r in _rows("mmlu-test.jsonl.gz") if r["question"] == "The coronal suture joins the")
+    text = f"{short['question']} {short[short['answer']]}"
+    assert len(normalize(text)) < 13
+    hit = index.find(f"Anatomy flashcards. {text.upper()} Next card.")
+    assert (hit.item_id, hit.how) == (short["id"], f"exact, {len(normalize(text))} words")
+    assert index.find("The coronal suture joins two bones of the skull.") is None
 
 
-def test_ray_dataset_path(ray_local):
-    item = _items()[40]
-    ds = ray_local.data.from_items([{"id": "a", "text": _contaminated(item)}, {"id": "b", "text": CLEAN}])
-    rows = {r["id"]: r for r in decontaminate(ds, _cfg()).take_all()}
-    assert rows["a"]["drop_reason"] == "contaminated" and item["task_id"] in rows["a"]["drop_detail"]
-    assert rows["b"]["drop_reason"] is None
-
-
-def test_bad_benchmark_line_names_file_and_line(tmp_path):
+def test_bad_benchmark_lines_name_the_file_and_line(tmp_path):
     p = tmp_path / "bench.jsonl"
     p.write_text('{"text": "fine item"}\n{"text": oops}\n')
     with pytest.raises(UserError, match=r"bench.jsonl line 2: expected a JSON object"):
-        load_index(DecontaminationConfig(benchmarks=[{"path": str(p)}]))
+        load_index(DecontaminateConfig(benchmarks=[{"path": str(p)}]))
+    q = tmp_path / "mc.jsonl"
+    q.write_text('{"question": "q", "answer": "E", "A": "a"}\n')
+    with pytest.raises(UserError, match=r"mc.jsonl line 1: .*answer \(naming a field\)"):
+        load_index(
+            DecontaminateConfig(
+                benchmarks=[{"path": str(q), "fields": ["question"], "answer_field": "answer"}]
+            )
+        )
+    with pytest.raises(UserError, match=r"missing.jsonl: not found"):
+        load_index(DecontaminateConfig(benchmarks=[{"path": str(tmp_path / "missing.jsonl")}]))
+
+
+def test_a_users_own_set_of_short_items_is_matched_whole(tmp_path):
+    p = tmp_path / "mine.jsonl"
+    rows = [
+        {"q": "Name the largest moon of the planet Saturn", "a": "Titan", "uid": "m1"},
+        {"q": "Why?", "a": "x"},
+    ]
+    p.write_text("".join(json.dumps(r) + "\n" for r in rows))
+    cfg = DecontaminateConfig(benchmarks=[{"path": str(p), "fields": ["q", "a"], "id_field": "uid"}])
+    index = load_index(cfg)
+    assert index.stats()["ngrams"] == 0 and index.stats()["exact_texts"] == 2  # whole, question; not "why x"
+    hit = index.find("Quiz night!\nNAME the largest moon of the planet Saturn:  titan.\nNext question.")
+    assert (hit.benchmark, hit.item_id) == ("mine", "m1")
+    assert index.find("Titan is the largest moon of the planet Saturn.") is None

@@ -64,7 +64,7 @@ def _config(tmp_path):
                 "decontamination": {
                     "benchmarks": [
                         {
-                            "path": "tests/data/benchmarks/HumanEval.jsonl.gz",
+                            "path": "bundled:HumanEval.jsonl.gz",
                             "fields": ["prompt", "canonical_solution"],
                             "id_field": "task_id",
                         }

@@ -212,6 +212,26 @@ def loss_curve(output: str, out_dir: str) -> str | None:
     return "report/loss.png"
 
 
+def contamination_table(output: str) -> str:
+    """Per benchmark: items found in the corpus, the dropped documents by source, examples
+    (decontaminate/contamination.json)."""
+    rep = storage.read_json(storage.join(output, "decontaminate", "contamination.json"))
+    if not rep:
+        return ""
+    e = html.escape
+    rows = ""
+    for name, b in rep["benchmarks"].items():
+        sources = ", ".join(f"{e(s)}: {n}" for s, n in b["by_source"].items()) or "-"
+        examples = "<br>".join(f"{e(str(x['doc']))}: {e(x['match'])}" for x in b["examples"]) or "-"
+        rows += (
+            f"<tr><td>{e(name)}</td><td class=n>{b['items_found']} of {b['items']}</td>"
+            f"<td class=n>{b['docs_dropped']}</td><td>{sources}</td><td>{examples}</td></tr>"
+        )
+    cols = ("benchmark", "items found", "documents dropped", "by source", "examples")
+    head = "<tr>" + "".join(f"<th>{c}</th>" for c in cols) + "</tr>"
+    return f"<table id=contamination>{head}{rows}</table>"
+
+
 def _img(src: str | None, alt: str) -> str:
     return f"<img src='{src}' alt='{html.escape(alt)}'>" if src else ""
 
@@ -240,6 +260,7 @@ def write_report(output: str) -> str:
             "Deduplication",
             _img(dedup_clusters(output, out_dir), "dedup clusters") or "<p>dedup has not run</p>",
         ),
+        ("Benchmark contamination", contamination_table(output) or "<p>decontaminate has not run</p>"),
         ("Synthetic textbooks", (_img(synth_png, "synth") + synth_table) or "<p>synth has not run</p>"),
         ("Phase mixes", (_img(mix_png, "mix") + mix_table) or "<p>mix has not run</p>"),
         ("Training", _img(loss_curve(output, out_dir), "loss curve") or "<p>train has not run</p>"),

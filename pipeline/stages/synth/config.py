@@ -5,10 +5,10 @@ from __future__ import annotations
 from pydantic import Field, field_validator
 
 from pipeline.section import Section
+from pipeline.stages.decontaminate.config import DecontaminateConfig
 from pipeline.stages.dedup.config import DedupConfig
 from pipeline.stages.select.config import SelectConfig
 from synth.backends import BackendConfig
-from synth.decontaminate import DecontaminationConfig
 from synth.prompts import PromptsConfig
 from synth.seeds import WebSeedsConfig
 
@@ -26,7 +26,9 @@ class SynthConfig(Section):
     web_seeds: WebSeedsConfig = WebSeedsConfig()  # passages of kept web documents as seeds
     prompts: PromptsConfig = PromptsConfig()  # audiences, styles (templates), cells and samples per seed
     qc: QCConfig = QCConfig()  # length and select-style rules over the annotate signals
-    decontamination: DecontaminationConfig | None = None  # n-gram overlap with benchmark test sets; null: off
+    decontamination: DecontaminateConfig | None = (
+        None  # benchmark items, found as decontaminate does; null: off
+    )
     dedup: DedupConfig | None = (
         DedupConfig()
     )  # against the generations themselves and the kept web documents; null: off

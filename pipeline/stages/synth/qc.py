@@ -3,7 +3,7 @@
 The checks reuse the web path's pieces rather than copies of them: the signal columns of `annotate`
 (pipeline.stages.annotate.signals: language ID, Gopher/C4/FineWeb values, edu_score) judged by select-style
 rules
-(pipeline.stages.select.rules), then decontamination (synth/decontaminate.py) and dedup against the
+(pipeline.stages.select.rules), then decontamination (pipeline.stages.decontaminate) and dedup against the
 generations
 themselves and the web (pipeline.stages.dedup). A generation is dropped by the first check it fails.
 """
