@@ -112,15 +112,68 @@ def parse_config(data: object, source: str = "<config>") -> Config:
         raise UserError("\n".join(lines)) from None
 
 
+# Bounds on a config before it is parsed into Python objects: YAML aliases can make a small file expand
+# exponentially (an "alias bomb"), which then exhausts memory in validation and hashing.
+MAX_CONFIG_BYTES = 1 << 20  # a recipe is a few KiB
+MAX_CONFIG_ALIASES = 1000  # each `*name` counts
+MAX_CONFIG_NODES = 100_000  # scalars, lists and mappings after every alias is expanded
+
+
+def _expanded_nodes(root: yaml.Node, source: Path) -> int:
+    """Nodes of the document with every alias expanded, counted without expanding (aliases share nodes)."""
+    sizes: dict[int, int] = {}
+    in_progress: set[int] = set()
+
+    def size(node: yaml.Node) -> int:
+        key = id(node)
+        if key in sizes:
+            return sizes[key]
+        if key in in_progress:
+            raise UserError(f"{source}: an alias refers to a node that contains it (a recursive config)")
+        in_progress.add(key)
+        if isinstance(node, yaml.SequenceNode):
+            n = 1 + sum(size(c) for c in node.value)
+        elif isinstance(node, yaml.MappingNode):
+            n = 1 + sum(size(k) + size(v) for k, v in node.value)
+        else:
+            n = 1
+        in_progress.discard(key)
+        sizes[key] = min(n, MAX_CONFIG_NODES + 1)  # capped: the sum stays a small integer
+        return sizes[key]
+
+    return size(root)
+
+
+def _bounded_yaml(p: Path) -> object:
+    """Parse a config within MAX_CONFIG_BYTES, MAX_CONFIG_ALIASES and MAX_CONFIG_NODES, or refuse it."""
+    nbytes = p.stat().st_size
+    if nbytes > MAX_CONFIG_BYTES:
+        raise UserError(f"{p}: {nbytes} bytes; a config may have at most {MAX_CONFIG_BYTES} bytes")
+    text = p.read_text(encoding="utf-8")
+    try:
+        aliases = sum(isinstance(e, yaml.AliasEvent) for e in yaml.parse(text, Loader=yaml.SafeLoader))
+        if aliases > MAX_CONFIG_ALIASES:
+            raise UserError(f"{p}: {aliases} YAML aliases; a config may have at most {MAX_CONFIG_ALIASES}")
+        root = yaml.compose(text, Loader=yaml.SafeLoader)
+        if root is not None:
+            nodes = _expanded_nodes(root, p)
+            if nodes > MAX_CONFIG_NODES:
+                raise UserError(
+                    f"{p}: its YAML aliases expand to more than {MAX_CONFIG_NODES} values; a config may "
+                    "expand to at most that many (an alias bomb?)"
+                )
+        return yaml.safe_load(text)
+    except yaml.YAMLError as e:
+        raise UserError(f"{p}: not valid YAML: {e}") from None
+
+
 def load_config(path: str | os.PathLike, output: str | None = None) -> Config:
-    """Read and validate a YAML recipe; `output` overrides run.output (the CLI's --output)."""
+    """Read and validate a YAML recipe within the size bounds above; `output` overrides run.output (the
+    CLI's --output)."""
     p = Path(path)
     if not p.is_file():
         raise UserError(f"{p}: config file not found")
-    try:
-        data = yaml.safe_load(p.read_text(encoding="utf-8"))
-    except yaml.YAMLError as e:
-        raise UserError(f"{p}: not valid YAML: {e}") from None
+    data = _bounded_yaml(p)
     if output is not None and isinstance(data, dict):
         data.setdefault("run", {})
         if isinstance(data["run"], dict):

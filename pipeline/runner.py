@@ -4,12 +4,21 @@ stages.
 A stage directory counts as complete only when its `_stage.json` says so. The stage writes into a
 temporary directory that is moved into place when everything is written, and the record is written
 last, so a run killed at any point leaves nothing that looks complete.
+
+Before anything runs, the output is checked and locked (pipeline/ownership.py): phicurate writes and deletes
+only inside an output it owns, one run at a time. Secret values the config names are scrubbed from every
+document, record, log line and error (pipeline/redact.py). A stage that fails because the disk is full, a
+file size limit or memory ran out says so, with the stage and the path (`resource_error`).
 """
 
 from __future__ import annotations
 
+import contextlib
+import errno
 import hashlib
 import json
+import logging
+import os
 import time
 import uuid
 from typing import Callable
@@ -20,7 +29,7 @@ import pyarrow.fs as pafs
 import pyarrow.parquet as pq
 import ray
 
-from pipeline import storage
+from pipeline import ownership, redact, storage
 from pipeline.config import Config
 from pipeline.errors import UserError
 from pipeline.fingerprint import outside_files
@@ -29,7 +38,14 @@ from pipeline.runtime import init_ray
 from pipeline.schema import count_words
 from pipeline.stage import Stage, StageContext, StageOutput
 
-RECORD = "_stage.json"
+logger = logging.getLogger(__name__)
+
+RECORD = ownership.RECORD
+# errnos that mean "the machine ran out", not "phicurate or the input is wrong"
+RESOURCE_ERRNOS = {errno.ENOSPC: "no space left on the device", errno.EFBIG: "a file size limit was reached"}
+if hasattr(errno, "EDQUOT"):
+    RESOURCE_ERRNOS[errno.EDQUOT] = "the disk quota is exhausted"
+PROBE_BYTES = 1 << 20  # written where a stage failed, to tell a full disk from another error
 DROP_COLUMNS = ["drop_reason", "drop_detail"]
 # Parquet parts of at least this size: a stage whose blocks are small (ingest extracts 16 pages per block)
 # would otherwise write a file per block, and every later read pays per file (117 files of the demo's
@@ -89,8 +105,13 @@ def _dropped(batch: pa.Table) -> pa.Table:
     return batch.filter(pc.is_valid(batch["drop_reason"]))
 
 
-def write_docs(docs: "ray.data.Dataset", work_dir: str) -> tuple[int, dict[str, int], int]:
-    """Write kept and dropped documents; return (docs_out, dropped by reason, words kept)."""
+def write_docs(
+    docs: "ray.data.Dataset", work_dir: str, secrets: dict[str, str] | None = None
+) -> tuple[int, dict[str, int], int]:
+    """Write kept and dropped documents, with `secrets` scrubbed from their strings; return (docs_out,
+    dropped by reason, words kept)."""
+    if secrets:
+        docs = docs.map_batches(redact.redact_table, fn_args=(secrets,), batch_format="pyarrow")
     docs = docs.materialize()  # computed once, read three times; spills to disk when large
     missing = [c for c in ["id", "text", *DROP_COLUMNS] if c not in docs.schema().names]
     if missing:
@@ -125,27 +146,107 @@ def _remove_stale_work_dirs(output: str, stage: str) -> None:
             fs.delete_dir(info.path)
 
 
+def _causes(e: BaseException):
+    seen = set()
+    while e is not None and id(e) not in seen:
+        seen.add(id(e))
+        yield e
+        e = e.__cause__ or e.__context__
+
+
+def _brief(e: BaseException) -> str:
+    """An error in a line or two: some (torch's CheckpointException) carry whole tracebacks."""
+    lines = [x for x in f"{type(e).__name__}: {e}".splitlines() if x.strip()]
+    return lines[0] if len(lines) < 2 else f"{lines[0]} ... {lines[-1].strip()}"
+
+
+def resource_error(
+    stage: str, where: str, e: BaseException, probe_dir: str | None = None
+) -> UserError | None:
+    """A UserError naming the stage, the path and the cause if `e` came from running out of disk, file size
+    or memory; None for any other error.
+
+    Not every library says so (torch's checkpoint writer reports a full disk as "unexpected pos 704 vs
+    598"), so when the error does not, a small file is written where the stage writes: if that fails with
+    a resource errno, that is the cause."""
+    for x in _causes(e):
+        if isinstance(x, OSError) and x.errno in RESOURCE_ERRNOS:
+            path = x.filename or where
+            return UserError(f"stage '{stage}': {RESOURCE_ERRNOS[x.errno]} writing {path} ({_brief(x)})")
+        if type(x).__name__ == "OutOfMemoryError" and type(x).__module__.startswith("ray"):
+            return UserError(
+                f"stage '{stage}': a Ray worker ran out of memory (writing under {where}); give the "
+                f"stage fewer parallel tasks or more memory. Ray said: {str(x)[:2000]}"
+            )
+    probe_dir = probe_dir or where
+    if "://" in probe_dir or not os.path.isdir(probe_dir):
+        return None
+    probe = os.path.join(probe_dir, f".phicurate-probe-{uuid.uuid4().hex[:8]}")
+    try:
+        with open(probe, "wb") as f:
+            f.write(b"\0" * PROBE_BYTES)
+            f.flush()
+            os.fsync(f.fileno())
+    except OSError as p:
+        if p.errno in RESOURCE_ERRNOS:
+            return UserError(
+                f"stage '{stage}': {RESOURCE_ERRNOS[p.errno]} under {where} ({p.strerror}, found by writing "
+                f"{PROBE_BYTES} bytes into {probe_dir}); the stage failed with: {_brief(e)[:1000]}"
+            )
+    finally:
+        with contextlib.suppress(OSError):
+            os.unlink(probe)
+    return None
+
+
 def run_stage(stage: Stage, config: Config, fingerprint: str) -> dict:
+    """Run one stage into a work directory and move it into place with its record (the output claimed and
+    locked for the duration, unless the caller holds it already)."""
     output = config.run.output
+    secrets = redact.secret_values(config)
+    with ownership.claim(output, ownership.config_inputs(config)):
+        try:
+            return _run_stage(stage, config, fingerprint, secrets)
+        except Exception as e:
+            redact.redact_exception(e, secrets)
+            raise
+
+
+def _run_stage(stage: Stage, config: Config, fingerprint: str, secrets: dict[str, str]) -> dict:
+    output = config.run.output
+    final = stage_dir(output, stage.name)
+    if storage.exists(final) and not storage.exists(storage.join(final, RECORD)):
+        raise UserError(  # checked before the stage runs; storage.replace_dir checks again
+            f"{final} exists but was not written by phicurate (it has no {RECORD}); it is not deleted: move "
+            "it away or give another output"
+        )
     _remove_stale_work_dirs(output, stage.name)
     work_dir = storage.join(output, f".{stage.name}.tmp-{uuid.uuid4().hex[:8]}")
     storage.make_dir(work_dir)
+    # the stage directory holds a record from the moment it exists: only such a directory is ever replaced
+    storage.write_json(storage.join(work_dir, RECORD), {"stage": stage.name, "status": "writing"})
     t0 = time.time()
-    result: StageOutput = stage.run(
-        StageContext(stage.name, config, output, work_dir, lambda up: read_docs(output, up))
-    )
-    if result.docs is not None:
-        docs_out, dropped, words = write_docs(result.docs, work_dir)
-        docs_in = result.docs_in if result.docs_in is not None else docs_out + sum(dropped.values())
-        tokens = result.tokens_out if result.tokens_out is not None else words
-    else:
-        docs_out, dropped, tokens = result.docs_out, result.dropped or {}, result.tokens_out or 0
-        docs_in = result.docs_in
+    ctx = StageContext(stage.name, config, output, work_dir, lambda up: read_docs(output, up))
+    try:
+        result: StageOutput = stage.run(ctx)
+        if result.docs is not None:
+            docs_out, dropped, words = write_docs(result.docs, work_dir, secrets)
+            docs_in = result.docs_in if result.docs_in is not None else docs_out + sum(dropped.values())
+            tokens = result.tokens_out if result.tokens_out is not None else words
+        else:
+            docs_out, dropped, tokens = result.docs_out, result.dropped or {}, result.tokens_out or 0
+            docs_in = result.docs_in
+    except (KeyboardInterrupt, SystemExit, UserError):
+        raise
+    except BaseException as e:  # torch's CheckpointException is a BaseException
+        diagnosed = resource_error(stage.name, output, e, work_dir)
+        if diagnosed is not None:
+            raise diagnosed from e
+        raise
     if docs_in != docs_out + sum(dropped.values()):
         raise RuntimeError(
             f"stage {stage.name} lost documents: in {docs_in}, out {docs_out}, dropped {dropped}"
         )
-    final = stage_dir(output, stage.name)
     storage.replace_dir(work_dir, final)
     record = {
         "stage": stage.name,
@@ -159,6 +260,7 @@ def run_stage(stage: Stage, config: Config, fingerprint: str) -> dict:
         "wall_s": round(time.time() - t0, 2),
         "details": result.details,
     }
+    record = redact.redact_obj(record, secrets)
     storage.write_json(storage.join(final, RECORD), record)
     return record
 
@@ -174,8 +276,40 @@ def run_pipeline(
     for s in selected:
         if getattr(config, s, None) is None:
             raise UserError(f"--stages names '{s}' but the config has no '{s}' section")
-    init_ray(config.ray)
-    storage.make_dir(config.run.output)
+    secrets = redact.secret_values(config)
+    if secrets:
+        log = _redacting(log, secrets)
+    with contextlib.ExitStack() as stack:
+        stack.enter_context(ownership.claim(config.run.output, ownership.config_inputs(config), log))
+        if secrets:
+            stack.enter_context(_redacted_logging(secrets))
+        try:
+            init_ray(config.ray)
+            return _run_stages(config, selected, force, log)
+        except Exception as e:
+            redact.redact_exception(e, secrets)
+            raise
+
+
+def _redacting(log: Callable[[str], None], secrets: dict[str, str]) -> Callable[[str], None]:
+    return lambda msg: log(redact.redact_text(msg, secrets))
+
+
+@contextlib.contextmanager
+def _redacted_logging(secrets: dict[str, str]):
+    """Every handler of the root logger drops the secrets from its lines for the duration of a run."""
+    flt = redact.RedactingFilter(secrets)
+    handlers = list(logging.getLogger().handlers)
+    for h in handlers:
+        h.addFilter(flt)
+    try:
+        yield
+    finally:
+        for h in handlers:
+            h.removeFilter(flt)
+
+
+def _run_stages(config: Config, selected: list[str], force: bool, log: Callable[[str], None]) -> list[dict]:
     records = []
     for name in [s for s in ORDER if s in selected]:
         stage = BY_NAME[name].implementation()

@@ -8,6 +8,8 @@ import posixpath
 
 import pyarrow.fs as pafs
 
+from pipeline.errors import UserError
+
 
 def resolve(uri: str) -> tuple[pafs.FileSystem, str]:
     """Filesystem and path for a local path or a URL. Local paths become absolute."""
@@ -61,6 +63,12 @@ def list_files(uri: str, suffix: str = "", recursive: bool = False) -> list[str]
     return names
 
 
+def remove_file(uri: str) -> None:
+    fs, path = resolve(uri)
+    if fs.get_file_info(path).type == pafs.FileType.File:
+        fs.delete_file(path)
+
+
 def remove_dir(uri: str) -> None:
     fs, path = resolve(uri)
     if fs.get_file_info(path).type == pafs.FileType.Directory:
@@ -72,12 +80,20 @@ def make_dir(uri: str) -> None:
     fs.create_dir(path, recursive=True)
 
 
-def replace_dir(src: str, dst: str) -> None:
+def replace_dir(src: str, dst: str, owned_by: str = "_stage.json") -> None:
     """Move a finished stage directory into place: a rename on local disk, a copy-then-delete on object
-    stores."""
+    stores.
+
+    An existing `dst` is deleted only if it holds `owned_by` (the record phicurate writes into every stage
+    directory it makes): a directory somebody else put there is never deleted."""
     fs, src_path = resolve(src)
     _, dst_path = resolve(dst)
-    if fs.get_file_info(dst_path).type == pafs.FileType.Directory:
+    if fs.get_file_info(dst_path).type != pafs.FileType.NotFound:
+        if fs.get_file_info(posixpath.join(dst_path, owned_by)).type != pafs.FileType.File:
+            raise UserError(
+                f"{dst} exists but was not written by phicurate (it has no {owned_by}); it is not deleted: "
+                "move it away or give another output"
+            )
         fs.delete_dir(dst_path)
     if isinstance(fs, pafs.LocalFileSystem):
         fs.move(src_path, dst_path)

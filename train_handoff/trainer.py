@@ -38,6 +38,7 @@ from train_handoff.phases import Phase
 
 METRICS = "metrics.jsonl"
 CHECKPOINTS = "checkpoints"
+STATE_MARKER = ".phicurate-train-state"  # in a state directory the trainer made; only such a one is cleared
 # step, phase, phase step, tokens: written last, so its presence marks a complete checkpoint
 POSITION = "position.json"
 KEEP_CHECKPOINTS = 2  # older ones are deleted once a newer one is complete
@@ -269,10 +270,18 @@ def train(
         torch.set_rng_state(torch.tensor(position["rng"], dtype=torch.uint8))
         metrics.truncate_after(step)
         log(f"[train] resumed from {found[-1][1]} at step {step} of {total}")
-    elif rt.main:
-        shutil.rmtree(state_dir, ignore_errors=True)
+    elif rt.main and os.path.isdir(state_dir) and os.listdir(state_dir):
+        # cleared only if this trainer made it (it holds STATE_MARKER): never somebody else's directory
+        if not os.path.isfile(os.path.join(state_dir, STATE_MARKER)):
+            raise TrainError(
+                f"{state_dir} exists and was not created by phicurate's trainer (no {STATE_MARKER}); it is "
+                "not deleted: give train.state_dir a new or empty directory, or continue it with --resume"
+            )
+        shutil.rmtree(state_dir)
     rt.barrier()
     os.makedirs(state_dir, exist_ok=True)
+    if rt.main:
+        open(os.path.join(state_dir, STATE_MARKER), "w").close()
 
     params = sum(p.numel() for p in model.parameters())
     fpt = flops_per_token(model, cfg.context)

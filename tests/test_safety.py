@@ -1,0 +1,491 @@
+"""Nothing destroyed, nothing leaked (issue 21): output ownership, one run per output, bounded configs,
+secrets, no imports from the user's directory, no orphaned Ray processes, clear resource errors.
+
+Each test drives the real path: the runner, a real lock holder in another process, a real HTTP endpoint,
+a real in-process Ray started by `init_ray`, a real SIGKILL, a real file size limit."""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+import signal
+import socket
+import subprocess
+import sys
+import textwrap
+import threading
+import time
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from pathlib import Path
+
+import psutil
+import pyarrow as pa
+import pyarrow.parquet as pq
+import pytest
+
+from pipeline import ownership, storage
+from pipeline.config import load_config
+from pipeline.errors import UserError
+from pipeline.runner import run_pipeline
+from pipeline.stages.train.stage import train_command
+
+ROOT = Path(__file__).resolve().parent.parent
+DOCS = "tests/data/demo/onestopenglish.jsonl.zst"
+
+
+def _ingest_config(write_config, output, inputs=DOCS, name="config.yaml"):
+    return load_config(
+        write_config(
+            {"run": {"output": str(output)}, "ingest": {"inputs": [{"path": inputs, "source": "w/x"}]}}, name
+        )
+    )
+
+
+# 1. own only what you made
+
+
+def test_home_directory_and_foreign_directory_are_refused_and_their_files_survive(
+    write_config, tmp_path, monkeypatch, ray_local
+):
+    home = tmp_path / "home"
+    (home / "ingest").mkdir(parents=True)
+    (home / "ingest" / "sentinel").write_text("mine")
+    monkeypatch.setenv("HOME", str(home))
+    with pytest.raises(UserError, match="is a home directory"):
+        run_pipeline(_ingest_config(write_config, home))
+    assert (home / "ingest" / "sentinel").read_text() == "mine"
+
+    foreign = tmp_path / "project"
+    (foreign / "ingest").mkdir(parents=True)
+    (foreign / "ingest" / "sentinel").write_text("mine")
+    (foreign / "notes.txt").write_text("mine")
+    with pytest.raises(UserError, match="non-empty directory that phicurate did not create"):
+        run_pipeline(_ingest_config(write_config, foreign))
+    assert (foreign / "ingest" / "sentinel").read_text() == "mine" and not (
+        foreign / ownership.MARKER
+    ).exists()
+
+
+def test_roots_are_refused():
+    for root in ("/", "s3://bucket", "s3://bucket/"):
+        with pytest.raises(UserError, match="root"):
+            ownership.check_output(root)
+
+
+def test_a_stage_directory_phicurate_did_not_write_is_never_replaced(write_config, tmp_path, ray_local):
+    """In an output phicurate owns, a directory named like a stage but without a record is somebody's."""
+    out = tmp_path / "out"
+    config = _ingest_config(write_config, out)
+    [rec] = run_pipeline(config)
+    assert rec["docs_out"] > 0 and (out / ownership.MARKER).is_file()
+    storage.remove_dir(str(out / "ingest"))
+    (out / "ingest").mkdir()
+    (out / "ingest" / "sentinel").write_text("mine")
+    with pytest.raises(UserError, match="was not written by phicurate"):
+        run_pipeline(config, force=True)
+    assert (out / "ingest" / "sentinel").read_text() == "mine"
+    assert not list(out.glob(".ingest.tmp-*"))  # its own work directory is gone, nothing else
+
+
+def test_output_inside_an_input_is_refused(write_config, tmp_path, ray_local):
+    data = tmp_path / "data"
+    data.mkdir()
+    (data / "docs.jsonl").write_text(json.dumps({"text": "one document"}) + "\n")
+    with pytest.raises(UserError, match="is inside the input"):
+        run_pipeline(_ingest_config(write_config, data / "out", inputs=str(data)))
+    assert not (data / "out").exists()
+
+
+@pytest.mark.slow  # a subprocess with its own Ray or torch: ~40 s
+def test_train_never_removes_a_state_directory_it_did_not_create(write_config, tmp_path):
+    from test_train import TRAIN, write_mix
+
+    out = tmp_path / "out"
+    write_mix(out)
+    shared = tmp_path / "shared-ckpt"
+    (shared / "other-run").mkdir(parents=True)
+    (shared / "other-run" / "step-9.pt").write_text("another run's checkpoint")
+    config = load_config(
+        write_config(
+            {
+                "run": {"output": str(out)},
+                "ingest": {"inputs": [{"path": DOCS, "source": "w/x"}]},
+                "train": {**TRAIN, "state_dir": str(shared)},
+            }
+        )
+    )
+    with pytest.raises(UserError, match="was not created by phicurate's trainer"):
+        train_command(config)
+    assert (shared / "other-run" / "step-9.pt").read_text() == "another run's checkpoint"
+
+
+# 2. one run per output
+
+
+HOLDER = textwrap.dedent(
+    """
+    import sys, time
+    from pipeline import ownership
+    with ownership.claim(sys.argv[1]):
+        print("HELD", flush=True)
+        time.sleep(600)
+    """
+)
+
+
+def _hold(output: Path) -> subprocess.Popen:
+    proc = subprocess.Popen(
+        [sys.executable, "-c", HOLDER, str(output)], cwd=ROOT, stdout=subprocess.PIPE, text=True
+    )
+    assert proc.stdout.readline().strip() == "HELD"
+    return proc
+
+
+def test_second_run_refuses_naming_the_holder_and_a_dead_holder_is_taken_over(
+    write_config, tmp_path, ray_local
+):
+    out = tmp_path / "out"
+    holder = _hold(out)
+    try:
+        config = _ingest_config(write_config, out)
+        with pytest.raises(
+            UserError,
+            match=rf"in use by another phicurate run \(host {socket.gethostname()}, "
+            rf"pid {holder.pid}, started ",
+        ):
+            run_pipeline(config)
+        assert not (out / "ingest").exists()
+    finally:
+        holder.send_signal(signal.SIGKILL)
+        holder.wait()
+    said = []
+    [rec] = run_pipeline(config, log=said.append)
+    assert rec["docs_out"] > 0
+    assert any(
+        f"took over the lock of a dead run on {out}" in s and f"pid {holder.pid}" in s for s in said
+    ), said
+    assert not (out / ownership.LOCK).exists()  # released at the end
+
+
+def test_object_store_lock_refuses_then_takes_over_dead_and_expired_holders(s3_bucket):
+    out = f"{s3_bucket}/run"
+    said = []
+    first = ownership.OutputLock(out).acquire()
+    with pytest.raises(
+        UserError, match=rf"in use by another phicurate run \(host {socket.gethostname()}, pid {os.getpid()}"
+    ):
+        ownership.OutputLock(out).acquire()
+    assert not ownership.OutputLock(
+        out
+    )._create_remote()  # the conditional write itself refuses a second lock
+    first.release()
+    assert not storage.exists(f"{out}/{ownership.LOCK}")
+
+    dead = subprocess.Popen([sys.executable, "-c", "pass"])
+    dead.wait()
+    now = time.time()
+    stale = {
+        "host": socket.gethostname(),
+        "pid": dead.pid,
+        "start": "then",
+        "start_ts": now,
+        "heartbeat_ts": now,
+        "token": "x",
+    }
+    storage.write_json(f"{out}/{ownership.LOCK}", stale)
+    lock = ownership.OutputLock(out, log=said.append).acquire()
+    assert f"pid {dead.pid} no longer runs" in said[-1]
+    lock.release()
+
+    far = {**stale, "host": "another-host", "pid": 1, "heartbeat_ts": now - 3600}
+    storage.write_json(f"{out}/{ownership.LOCK}", far)
+    lock = ownership.OutputLock(out, log=said.append).acquire()
+    assert "host another-host" in said[-1] and re.search(r"heartbeat is 36\d\d s old", said[-1])
+    with pytest.raises(UserError, match="in use by another phicurate run"):  # a live heartbeat is not stale
+        ownership.OutputLock(out).acquire()
+    lock.release()
+
+
+# 3. bounded configs
+
+
+def test_alias_bomb_is_refused_in_under_a_second(tmp_path):
+    levels = ['a0: &a0 ["lol","lol","lol","lol","lol","lol","lol","lol","lol"]']
+    levels += [f"a{i}: &a{i} [" + ",".join([f"*a{i - 1}"] * 9) + "]" for i in range(1, 6)]
+    bomb = "\n".join(
+        [
+            "run: {output: out/bomb}",
+            f"ingest: {{inputs: [{{path: {DOCS}, source: w/x}}]}}",
+            "synth:",
+            "  topics: {biology: [cells]}",
+            "  backend:",
+            "    model: tiny-phi3",
+            "    vllm:",
+            "      engine_kwargs:",
+            *["        " + line for line in levels],
+        ]
+    )
+    path = tmp_path / "bomb.yaml"
+    path.write_text(bomb)
+    t0 = time.perf_counter()
+    with pytest.raises(UserError, match=r"aliases expand to more than 100000 values"):
+        load_config(path)
+    took = time.perf_counter() - t0
+    print(f"alias bomb of {path.stat().st_size} bytes refused in {took * 1000:.1f} ms")
+    assert took < 1.0
+
+    path.write_text("run: {name: x}\n" + "#" * (1 << 20))
+    with pytest.raises(UserError, match=r"a config may have at most 1048576 bytes"):
+        load_config(path)
+    path.write_text("x: &x 1\ny: [" + ",".join(["*x"] * 1001) + "]\n")
+    with pytest.raises(UserError, match=r"1001 YAML aliases; a config may have at most 1000"):
+        load_config(path)
+
+
+# 4. secrets stay secret
+
+
+CANARY = "sk-canary-7f3a91c2e5d84b06"
+
+
+class _EchoKey(BaseHTTPRequestHandler):
+    """An OpenAI-compatible endpoint that fails with the caller's key quoted in the error body."""
+
+    def do_POST(self):  # noqa: N802 - http.server's name
+        self.rfile.read(int(self.headers.get("Content-Length", 0)))
+        body = json.dumps(
+            {"error": {"message": f"internal error for key {self.headers.get('Authorization')}"}}
+        )
+        self.send_response(500)
+        self.send_header("Content-Type", "application/json")
+        self.end_headers()
+        self.wfile.write(body.encode())
+
+    def log_message(self, *args):
+        pass
+
+
+@pytest.mark.slow  # a subprocess with its own Ray or torch: ~40 s
+def test_canary_key_echoed_by_the_endpoint_is_in_no_file_of_the_output(write_config, tmp_path):
+    """`phicurate run` and `phicurate report` as a user runs them, the key exported in the environment (so
+    the in-process Ray's workers, which send the requests, have it); the endpoint quotes it in every 500."""
+    server = ThreadingHTTPServer(("127.0.0.1", 0), _EchoKey)
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    out = tmp_path / "out"
+    (out / "dedup").mkdir(parents=True)
+    web = [
+        {
+            "id": "w1",
+            "text": "Plants make sugar from light. " * 20,
+            "source": "web/x",
+            "url": None,
+            "meta": "{}",
+        }
+    ]
+    pq.write_table(pa.Table.from_pylist(web), out / "dedup" / "part-0.parquet")
+    storage.write_json(
+        str(out / "dedup" / "_stage.json"),
+        {
+            "stage": "dedup",
+            "status": "complete",
+            "config_hash": "h",
+            "input_fingerprint": "f",
+            "docs_in": 1,
+            "docs_out": 1,
+            "dropped": {},
+            "tokens_out": 120,
+            "wall_s": 0.0,
+            "details": {},
+        },
+    )
+    port = server.server_address[1]
+    path = write_config(
+        {
+            "run": {"output": str(out)},
+            "ingest": {"inputs": [{"path": DOCS, "source": "w/x"}]},
+            "synth": {
+                "topics": {"biology": ["photosynthesis"]},
+                "web_seeds": {"count": 0},
+                "backend": {
+                    "kind": "openai",
+                    "model": "served",
+                    "openai": {
+                        "base_url": f"http://127.0.0.1:{port}/v1",
+                        "api_key_env": "PHICURATE_TEST_KEY",
+                        "max_retries": 0,
+                        "timeout_s": 10,
+                    },
+                },
+            },
+        }
+    )
+    env = {**_env(), "PHICURATE_TEST_KEY": CANARY}
+    try:
+        ran = subprocess.run(
+            [sys.executable, "-m", "pipeline", "run", str(path), "--stages", "synth"],
+            cwd=ROOT,
+            env=env,
+            capture_output=True,
+            text=True,
+            timeout=300,
+        )
+        report = subprocess.run(
+            [sys.executable, "-m", "pipeline", "report", str(out)],
+            cwd=ROOT,
+            env=env,
+            capture_output=True,
+            text=True,
+            timeout=300,
+        )
+    finally:
+        server.shutdown()
+    assert ran.returncode == 0 and report.returncode == 0, (ran.stderr + report.stderr)[-3000:]
+    rec = json.loads((out / "synth" / "_stage.json").read_text())
+    assert (
+        rec["dropped"].get("generation_failed") == rec["docs_in"] > 0
+    )  # the endpoint was reached and failed
+    detail = pa.concat_tables([pq.read_table(p) for p in (out / "synth" / "dropped").glob("*.parquet")])
+    details = detail["drop_detail"].to_pylist()
+    assert all("key Bearer [redacted:PHICURATE_TEST_KEY]" in d for d in details), details[:3]
+    files = [p for p in out.rglob("*") if p.is_file()]
+    assert (out / "report.html").is_file() and len(files) > 5
+    assert not [str(p) for p in files if CANARY.encode() in p.read_bytes()]
+    assert CANARY not in ran.stdout + ran.stderr + report.stdout + report.stderr
+
+
+# 5. no surprise code
+
+
+DRIVER = textwrap.dedent(
+    """
+    import os, sys
+    import ray
+    from pipeline.config import RayConfig
+    from pipeline.runtime import init_ray
+
+    init_ray(RayConfig(num_cpus=1, object_store_memory_mb=128, progress_bars=False))
+
+    @ray.remote
+    def where():
+        import colorsys
+        return colorsys.__file__
+
+    print("WORKER", ray.get(where.remote()), flush=True)
+    if len(sys.argv) > 1:
+        print("READY", flush=True)
+        import time
+        time.sleep(600)
+    """
+)
+
+
+def _driver(tmp_path: Path, shadow: bool = True) -> tuple[Path, Path]:
+    """A driver script in its own directory (like the `phicurate` console script) and a working directory
+    holding a module that shadows the standard library's `colorsys` (not imported by Ray itself, so a worker
+    imports it on the task's request)."""
+    bin_dir, cwd = tmp_path / "bin", tmp_path / "work"
+    bin_dir.mkdir()
+    cwd.mkdir()
+    (bin_dir / "drive.py").write_text(DRIVER)
+    if shadow:
+        (cwd / "colorsys.py").write_text("raise ImportError('the user directory colorsys.py was imported')\n")
+    return bin_dir / "drive.py", cwd
+
+
+def _env() -> dict:
+    return {**os.environ, "RAY_AUTH_MODE": "disabled", "PYTHONPATH": str(ROOT)}
+
+
+@pytest.mark.slow  # a subprocess with its own Ray or torch: ~40 s
+def test_workers_do_not_import_modules_from_the_working_directory(tmp_path):
+    script, cwd = _driver(tmp_path)
+    done = subprocess.run(
+        [sys.executable, str(script)], cwd=cwd, env=_env(), capture_output=True, text=True, timeout=240
+    )
+    assert done.returncode == 0, done.stderr[-3000:]
+    [line] = [x for x in done.stdout.splitlines() if x.startswith("WORKER ")]
+    assert line.split(" ", 1)[1].startswith(os.path.dirname(os.__file__)), line
+
+
+# 6. clean exits
+
+
+@pytest.mark.slow  # a subprocess with its own Ray or torch: ~40 s
+def test_sigkilled_driver_leaves_no_ray_process_behind(tmp_path):
+    script, cwd = _driver(tmp_path, shadow=False)
+    err = open(tmp_path / "stderr.log", "w+")
+    proc = subprocess.Popen(
+        [sys.executable, str(script), "wait"],
+        cwd=cwd,
+        env=_env(),
+        stdout=subprocess.PIPE,
+        stderr=err,
+        text=True,
+    )
+    try:
+        for line in proc.stdout:
+            if line.startswith("READY"):
+                break
+        assert proc.poll() is None, open(tmp_path / "stderr.log").read()[-3000:]
+        time.sleep(2)  # the watcher notes the processes once a second
+        ray_procs = [
+            p
+            for p in psutil.Process(proc.pid).children(recursive=True)
+            if "reaper" not in " ".join(p.cmdline())
+        ]
+        assert len(ray_procs) >= 3  # gcs, raylet, agents, a worker
+        proc.send_signal(signal.SIGKILL)
+        proc.wait()
+        _, alive = psutil.wait_procs(ray_procs, timeout=20)
+        leftovers = [f"{p.pid} {p.name()}" for p in alive]
+        for p in alive:  # do not leave them to the other tests
+            p.kill()
+        assert not leftovers
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+    deadline = time.time() + 10
+    while time.time() < deadline and "leftover process" not in (tmp_path / "stderr.log").read_text():
+        time.sleep(0.2)
+    assert "ended without stopping its Ray; stopped" in (tmp_path / "stderr.log").read_text()
+
+
+TRAIN_UNDER_LIMIT = textwrap.dedent(
+    """
+    import resource, signal, sys
+    from pipeline.config import load_config
+    from pipeline.errors import UserError
+    from pipeline.stages.train.stage import train_command
+
+    config = load_config(sys.argv[1])
+    signal.signal(signal.SIGXFSZ, signal.SIG_IGN)  # a write past the limit fails with EFBIG instead
+    resource.setrlimit(resource.RLIMIT_FSIZE, (256 * 1024, 256 * 1024))
+    try:
+        train_command(config)
+    except UserError as e:
+        print("USERERROR", e, flush=True)
+    """
+)
+
+
+@pytest.mark.slow  # a subprocess with its own Ray or torch: ~40 s
+def test_file_size_limit_in_train_names_the_stage_the_path_and_the_cause(write_config, tmp_path):
+    from test_train import TRAIN, write_mix
+
+    out = tmp_path / "out"
+    write_mix(out)
+    path = write_config(
+        {"run": {"output": str(out)}, "ingest": {"inputs": [{"path": DOCS, "source": "w/x"}]}, "train": TRAIN}
+    )
+    done = subprocess.run(
+        [sys.executable, "-c", TRAIN_UNDER_LIMIT, str(path)],
+        cwd=ROOT,
+        env=_env(),
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
+    [line] = [x for x in done.stdout.splitlines() if x.startswith("USERERROR")] or [done.stderr[-3000:]]
+    assert "stage 'train': a file size limit was reached" in line, line
+    assert str(out) in line, line
