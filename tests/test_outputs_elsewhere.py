@@ -304,7 +304,8 @@ def test_vllm_serves_the_trained_model_as_documented(trained):
     ids = tok(prompt, return_tensors="pt")["input_ids"]
     with torch.no_grad():
         greedy = model.generate(ids, max_new_tokens=8, do_sample=False, min_new_tokens=8)[0, ids.shape[1] :]
-    assert done["choices"][0]["text"] == tok.decode(greedy)
+    # the same tokens; vLLM detokenizes them as a continuation, with the leading space decode() drops
+    assert done["choices"][0]["text"].lstrip() == tok.decode(greedy).lstrip()
 
 
 @pytest.mark.slow
