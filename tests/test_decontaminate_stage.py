@@ -21,6 +21,7 @@ from pipeline.stage import StageContext
 from pipeline.stages.decontaminate import stage as decontaminate_stage
 from pipeline.stages.decontaminate.config import DATA_DIR, DecontaminateConfig
 from pipeline.stages.decontaminate.core import decontaminate
+from pipeline.tools.report import contamination_table
 from tests.conftest import DATA
 
 
@@ -106,7 +107,7 @@ def test_stage_drops_planted_items_and_keeps_clean_documents(ray_local, tmp_path
     )
     (tmp_path / "dedup").mkdir()
     pq.write_table(table, tmp_path / "dedup" / "part-0.parquet")  # read as the runner reads: Parquet tasks
-    work = tmp_path / "work"
+    work = tmp_path / "decontaminate"
     ctx = StageContext(
         "decontaminate", config, str(tmp_path), str(work), lambda up: read_docs(str(tmp_path), up)
     )
@@ -138,6 +139,9 @@ def test_stage_drops_planted_items_and_keeps_clean_documents(ray_local, tmp_path
         "by_source": {"web/x": 2},
     }
     assert result.details["index"]["memory_mb"] > 0
+    table = contamination_table(str(tmp_path))  # phicurate report's table, from contamination.json
+    assert "<td>mmlu</td><td class=n>4 of 14079</td><td class=n>8</td><td>web/x: 8</td>" in table
+    assert f"humaneval|{HUMANEVAL[30]['task_id']}|perturbed" in table
 
 
 def test_earlier_drops_pass_through_as_in_synth(ray_local):

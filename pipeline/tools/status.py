@@ -27,7 +27,7 @@ def print_status(output: str) -> None:
         print(f"{output}: no stage has run yet")
         return
     head = (
-        f"{'stage':<10}{'status':<12}{'docs in':>10}{'kept':>10}{'dropped':>10}{'tokens':>14}{'wall s':>9}"
+        f"{'stage':<14}{'status':<12}{'docs in':>10}{'kept':>10}{'dropped':>10}{'tokens':>14}{'wall s':>9}"
         "  drop reasons"
     )
     print(head)
@@ -36,7 +36,7 @@ def print_status(output: str) -> None:
         dropped = r.get("dropped") or {}
         reasons = ", ".join(f"{k} {v}" for k, v in sorted(dropped.items(), key=lambda kv: -kv[1]))
         print(
-            f"{stage:<10}{r['status']:<12}{r.get('docs_in', ''):>10}{r.get('docs_out', ''):>10}"
+            f"{stage:<14}{r['status']:<12}{r.get('docs_in', ''):>10}{r.get('docs_out', ''):>10}"
             f"{sum(dropped.values()) if r.get('status') == 'complete' else '':>10}"
             f"{r.get('tokens_out', ''):>14}"
             f"{r.get('wall_s', ''):>9}  {reasons}"
