@@ -22,19 +22,27 @@ def _windows(tokens: list[int], context: int) -> list[list[int]]:
 
 
 @torch.no_grad()
-def _token_logprobs(model, seqs: list[list[int]], device) -> list[np.ndarray]:
-    """Per sequence: log p(token t | tokens < t) for t = 1..len-1 (right padding never reaches them)."""
+def _token_logprobs(
+    model, seqs: list[list[int]], device, scored: list[int] | None = None
+) -> list[np.ndarray]:
+    """Per sequence: log p(token t | tokens < t) for its last `scored` tokens (default: all but the first).
+
+    The output layer (hidden x vocabulary, nearly all of a small model's compute) runs only on the
+    positions scored; right padding never reaches them."""
     out = []
     for i in range(0, len(seqs), BATCH):
         chunk = seqs[i : i + BATCH]
+        keep = [len(s) - 1 for s in chunk] if scored is None else scored[i : i + BATCH]
         width = max(len(s) for s in chunk)
         ids = torch.zeros((len(chunk), width), dtype=torch.long)
         for k, s in enumerate(chunk):
             ids[k, : len(s)] = torch.tensor(s)
-        ids = ids.to(device)
-        logp = F.log_softmax(model(input_ids=ids[:, :-1]).logits.float(), dim=-1)
-        picked = logp.gather(-1, ids[:, 1:, None])[..., 0].cpu().numpy()
-        out += [picked[k, : len(s) - 1] for k, s in enumerate(chunk)]
+        hidden = model.model(input_ids=ids[:, :-1].to(device)).last_hidden_state
+        rows = torch.tensor([k for k, n in enumerate(keep) for _ in range(n)], dtype=torch.long)
+        cols = torch.tensor([p for s, n in zip(chunk, keep) for p in range(len(s) - 1 - n, len(s) - 1)])
+        logp = F.log_softmax(model.lm_head(hidden[rows, cols]).float(), dim=-1)
+        picked = logp.gather(-1, ids[rows, cols + 1][:, None].to(device))[:, 0].cpu().numpy()
+        out += np.split(picked, np.cumsum(keep)[:-1])
     return out
 
 
@@ -55,8 +63,8 @@ def mmlu_accuracy(model, items: list[dict], context: int, device) -> dict:
             seq = (item["prompt_tokens"][-keep:] + choice)[-(context + 1) :]
             seqs.append(seq)
             spans.append(min(len(choice), len(seq) - 1))
-    lp = _token_logprobs(model, seqs, device)
-    scores = np.array([x[-k:].sum() for x, k in zip(lp, spans)]).reshape(len(items), -1)
+    lp = _token_logprobs(model, seqs, device, scored=spans)
+    scores = np.array([x.sum() for x in lp]).reshape(len(items), -1)
     right = scores.argmax(axis=1) == np.array([i["answer"] for i in items])
     return {"accuracy": float(right.mean()), "items": len(items), "chance": 1 / scores.shape[1]}
 
