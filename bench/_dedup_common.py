@@ -112,17 +112,34 @@ def cluster_pairs(labels: list) -> set[tuple[int, int]]:
     return {(a, b) for g in groups.values() for k, a in enumerate(g) for b in g[k + 1 :]}
 
 
-def run_ours(docs: pa.Table, cfg, write_to: str | None = None) -> list:
-    """Our dedup on the running Ray; cluster label per document (None if alone), in input order."""
+def write_input(docs: pa.Table, workdir: str, parts: int) -> str:
+    """`docs` as `parts` Parquet files in workdir/input: the one input both sides read in dedup_speed."""
+    inp = os.path.join(workdir, "input")
+    os.makedirs(inp)
+    per = -(-docs.num_rows // parts)
+    for k in range(parts):
+        pq.write_table(docs.slice(k * per, per), os.path.join(inp, f"part-{k}.parquet"))
+    return inp
+
+
+def _stage_columns(t: pa.Table) -> pa.Table:
+    """The columns the dedup stage expects from ingest, for documents that have only id and text."""
+    n = t.num_rows
+    t = t.append_column("source", pa.array(["bench"] * n)).append_column("url", pa.nulls(n, pa.string()))
+    return t.append_column("meta", pa.array(["{}"] * n))
+
+
+def run_ours(docs: pa.Table, cfg, write_to: str | None = None, inp: str | None = None) -> list:
+    """Our dedup on the running Ray; cluster label per document (None if alone), in input order. `inp`: a
+    write_input directory to read (as the stage reads its input), else `docs` from memory."""
     import ray
 
     from pipeline.stages.dedup.core import dedup_dataset
 
-    t = docs.append_column("source", pa.array(["bench"] * docs.num_rows)).append_column(
-        "url", pa.nulls(docs.num_rows, pa.string())
-    )
-    t = t.append_column("meta", pa.array(["{}"] * docs.num_rows))
-    ds = ray.data.from_arrow(t).repartition(max(2, docs.num_rows // 500))
+    if inp:
+        ds = ray.data.read_parquet(inp).map_batches(_stage_columns, batch_format="pyarrow")
+    else:
+        ds = ray.data.from_arrow(_stage_columns(docs)).repartition(max(2, docs.num_rows // 500))
     out, _ = dedup_dataset(ds, cfg)
     out = out.materialize()
     if write_to:
@@ -134,28 +151,27 @@ def run_ours(docs: pa.Table, cfg, write_to: str | None = None) -> list:
     return [lab[i] for i in docs["id"].to_pylist()]
 
 
-def run_datatrove(docs: pa.Table, bands: int, rows: int, ngram: int, workers: int, workdir: str) -> list:
+def run_datatrove(
+    docs: pa.Table, bands: int, rows: int, ngram: int, workers: int, workdir: str, inp: str | None = None
+) -> list:
     """datatrove's four MinHash steps (signatures, buckets, cluster, filter) with LocalPipelineExecutor on
-    the same documents; cluster label per document (None if alone), in input order."""
+    the same documents; cluster label per document (None if alone), in input order. `inp`: a write_input
+    directory to read, else `docs` are written as its input Parquet first (in workdir)."""
     from datatrove.executor import LocalPipelineExecutor
     from datatrove.utils.logging import logger
 
     logger.remove()  # its per-step stats tables would bury the figures
-    from datatrove.pipeline.stages.dedup.minhash import MinhashConfig
-    from datatrove.pipeline.stages.dedup.stage import (
+    from datatrove.pipeline.dedup.minhash import (
+        MinhashConfig,
         MinhashDedupBuckets,
         MinhashDedupCluster,
         MinhashDedupFilter,
         MinhashDedupSignature,
     )
-    from datatrove.pipeline.stages.ingest.readers import ParquetReader
+    from datatrove.pipeline.readers import ParquetReader
     from datatrove.pipeline.writers import ParquetWriter
 
-    inp = os.path.join(workdir, "input")
-    os.makedirs(inp)
-    per = -(-docs.num_rows // workers)
-    for k in range(workers):
-        pq.write_table(docs.slice(k * per, per), os.path.join(inp, f"part-{k}.parquet"))
+    inp = inp or write_input(docs, workdir, workers)
     cfg = MinhashConfig(n_grams=ngram, num_buckets=bands, hashes_per_bucket=rows)
     w = lambda d: os.path.join(workdir, d)  # noqa: E731
     reader = lambda: ParquetReader(inp, text_key="text", id_key="id")  # noqa: E731
@@ -184,7 +200,7 @@ def run_datatrove(docs: pa.Table, bands: int, rows: int, ngram: int, workers: in
     lab = {}
     for path in glob.glob(w("kept/*.parquet")) + glob.glob(w("removed/*.parquet")):
         for r in pq.read_table(path, columns=["id", "metadata"]).to_pylist():
-            c = r["metadata"]["minhash_cluster_id"]
+            c = (r["metadata"] or {}).get("minhash_cluster_id", -1)  # absent when no document is in a cluster
             lab[r["id"]] = None if c == -1 else c
     return [lab[i] for i in docs["id"].to_pylist()]
 
