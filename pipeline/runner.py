@@ -231,7 +231,9 @@ def _run_stage(stage: Stage, config: Config, fingerprint: str, secrets: dict[str
         result: StageOutput = stage.run(ctx)
         if result.docs is not None:
             docs_out, dropped, words = write_docs(result.docs, work_dir, secrets)
-            docs_in = result.docs_in if result.docs_in is not None else docs_out + sum(dropped.values())
+            docs_in = result.docs_in if result.docs_in is not None else _docs_read(stage.name, config)
+            if docs_in is None:
+                docs_in = docs_out + sum(dropped.values())
             tokens = result.tokens_out if result.tokens_out is not None else words
         else:
             docs_out, dropped, tokens = result.docs_out, result.dropped or {}, result.tokens_out or 0
@@ -265,8 +267,22 @@ def _run_stage(stage: Stage, config: Config, fingerprint: str, secrets: dict[str
     return record
 
 
+def _docs_read(name: str, config: Config) -> int | None:
+    """What a stage read, counted where it was written (the upstream record), never from this stage's own
+    output: a stage that loses documents then fails the identity check below instead of passing it."""
+    spec = BY_NAME.get(name)
+    ups = spec.inputs(config) if spec is not None else ()
+    if len(ups) != 1:
+        return None
+    rec = read_record(config.run.output, ups[0])
+    return rec["docs_out"] if rec is not None else None
+
+
 def run_pipeline(
-    config: Config, stages: list[str] | None = None, force: bool = False, log: Callable[[str], None] = print
+    config: Config,
+    stages: list[str] | None = None,
+    force: bool = False,
+    log: Callable[[str], None] = logger.info,
 ) -> list[dict]:
     """Run the selected stages (default: the config's) in pipeline order; return their records."""
     selected = stages or config.stages()

@@ -118,3 +118,26 @@ def test_killed_process_mid_write_is_not_complete(write_config, tmp_path):
     assert read_record(str(out), "ingest") is None
     assert not (out / "ingest").exists()
     assert list(out.glob(".ingest.tmp-*"))  # the dead run's work directory, never read as a stage
+
+
+def test_a_stage_that_loses_documents_fails_the_count(write_config, ray_local, monkeypatch):
+    """docs_in comes from the upstream record, not from the stage's own output: a stage that silently
+    loses documents (here: select forgetting the rows whose id starts with 0) fails instead of passing."""
+    import dataclasses
+    import importlib
+
+    path = write_config({"ingest": {"inputs": [INPUT]}, "annotate": {"workers": 1}, "select": {}})
+    run_pipeline(load_config(path), stages=["ingest", "annotate"], log=lambda _: None)
+    module = importlib.import_module(BY_NAME["select"].module)
+    honest = module.STAGE
+
+    def lossy(ctx):
+        out = honest.run(ctx)
+        return dataclasses.replace(out, docs=out.docs.filter(lambda row: not row["id"].startswith("0")))
+
+    monkeypatch.setattr(module, "STAGE", dataclasses.replace(honest, run=lossy))
+    with pytest.raises(RuntimeError, match="stage select lost documents: in 756, out"):
+        run_pipeline(load_config(path), stages=["select"], log=lambda _: None)
+    monkeypatch.undo()
+    [rec] = run_pipeline(load_config(path), stages=["select"], log=lambda _: None)
+    assert rec["docs_in"] == 756 == rec["docs_out"] + sum(rec["dropped"].values())

@@ -4,6 +4,7 @@ traceback."""
 from __future__ import annotations
 
 import argparse
+import logging
 import sys
 
 from pipeline.errors import UserError
@@ -173,6 +174,8 @@ def build_parser() -> argparse.ArgumentParser:
 
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
+    # the library logs its progress ("[ingest] running ..."); the command shows it as plain lines
+    logging.basicConfig(level=logging.INFO, format="%(message)s", stream=sys.stdout)
     try:
         args.func(args)
     except UserError as e:
