@@ -120,8 +120,9 @@ def plot(result: dict, path: str, title: str) -> None:
         if m in result.get("chance", {}):
             ax.axhline(result["chance"][m], color="#e6550d", ls="--", lw=1, label="chance")
             ax.legend(fontsize=7)
-        lo = min(min(per_arm[a][m]["values"]) for a in arms)
-        hi = max(max(per_arm[a][m]["values"]) for a in arms)
+        marks = [result["chance"][m]] if m in result.get("chance", {}) else []  # chance stays in view
+        lo = min([min(per_arm[a][m]["values"]) for a in arms] + marks)
+        hi = max([max(per_arm[a][m]["values"]) for a in arms] + marks)
         pad = (hi - lo) * 0.5 + 1e-3
         ax.set_ylim(max(0.0, lo - pad), hi + pad)
         ax.set_xticks(range(len(arms)), arms, rotation=30, ha="right", fontsize=8)
