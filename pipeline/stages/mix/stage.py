@@ -47,7 +47,6 @@ from pipeline.tokenizer import (
     token_dtype,
 )
 
-PHASES = ("phase1", "phase2")
 TOKENIZED = pa.schema(
     [("task", pa.int64()), ("offset", pa.int64()), ("n_tokens", pa.int64()), ("tokens", pa.large_binary())]
 )

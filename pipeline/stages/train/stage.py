@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import dataclasses
 import functools
+import logging
 import os
 import shutil
 from typing import TYPE_CHECKING
@@ -25,6 +26,9 @@ from train_handoff.errors import TrainError
 
 if TYPE_CHECKING:
     from pipeline.config import Config
+
+
+logger = logging.getLogger(__name__)
 
 
 class TrainingStopped(Exception):
@@ -126,7 +130,7 @@ def _eos_id(tokenizer: str) -> int | None:
     try:
         return load_tokenizer(tokenizer).eos_token_id
     except UserError as e:
-        print(f"[train] the saved model gets no eos_token_id and no tokenizer files: {e}")
+        logger.warning("[train] the saved model gets no eos_token_id and no tokenizer files: %s", e)
         return None
 
 
@@ -155,9 +159,7 @@ def _finish(ctx: StageContext, state: str, model, weights: dict | None, tokenize
             src = os.path.join(state, name)
             if os.path.exists(src):
                 pafs.copy_files(src, f"{dst}/{name}", destination_filesystem=fs)
-    print(f"[train] loss curve: {storage.join(ctx.output, 'train', 'loss.png')}")
-    if weights is not None:
-        print(f"[train] model to load (transformers, vLLM, synth.backend.model): {model_path(ctx.config)}")
+    logger.info("[train] loss curve: %s", storage.join(ctx.output, "train", "loss.png"))
 
 
 STAGE = Stage("train", run, outside_files=manifests)
@@ -205,3 +207,5 @@ def cli_train(
             f"held-out {d['heldout']}, {d['tokens_per_s']:.0f} tokens/s; in "
             f"{storage.join(config.run.output, 'train')}"
         )
+        if config.train.save_model:
+            print(f"[train] model to load (transformers, vLLM, synth.backend.model): {model_path(config)}")

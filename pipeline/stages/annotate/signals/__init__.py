@@ -20,7 +20,6 @@ SIGNAL_FIELDS = [
     pa.field("n_words", pa.int64()),  # whitespace-separated words: the runner's and tune's token count
     *[pa.field(name, pa.type_for_alias(kind)) for name, kind in HEURISTIC_COLUMNS],
 ]
-EDU_FIELD = pa.field("edu_score", pa.float64())
 
 
 class Annotator:
