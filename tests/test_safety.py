@@ -489,3 +489,28 @@ def test_file_size_limit_in_train_names_the_stage_the_path_and_the_cause(write_c
     [line] = [x for x in done.stdout.splitlines() if x.startswith("USERERROR")] or [done.stderr[-3000:]]
     assert "stage 'train': a file size limit was reached" in line, line
     assert str(out) in line, line
+
+
+@pytest.mark.slow  # two short training runs: ~1 min
+def test_a_shared_state_directory_keeps_the_other_runs_checkpoints(write_config, tmp_path):
+    """Two outputs pointing train.state_dir at one folder: the second run's fresh start refuses to clear the
+    first run's checkpoints (the trainer's marker names the run it belongs to)."""
+    from test_train import TRAIN, write_mix
+
+    shared = tmp_path / "shared-ckpt"
+    configs = []
+    for name in ("a", "b"):
+        out = tmp_path / name
+        write_mix(out)
+        cfg = {
+            "run": {"output": str(out)},
+            "ingest": {"inputs": [{"path": DOCS, "source": "w/x"}]},
+            "train": {**TRAIN, "state_dir": str(shared)},
+        }
+        configs.append(load_config(write_config(cfg, name=f"{name}.yaml")))
+    train_command(configs[0])
+    before = sorted(p.relative_to(shared) for p in shared.rglob("*"))
+    with pytest.raises(UserError, match="holds the training state of another run"):
+        train_command(configs[1])
+    assert sorted(p.relative_to(shared) for p in shared.rglob("*")) == before
+    train_command(configs[0])  # the run it belongs to starts afresh over it, as before

@@ -218,6 +218,7 @@ def train(
     eos_token_id: int | None = None,
     log: Callable[[str], None] = print,
     tokenizer: str | None = None,
+    owner: str = "",
 ) -> tuple[TrainResult, torch.nn.Module]:
     """Train phase after phase for their budgets; checkpoint into `state_dir`; return the result and the
     model.
@@ -272,16 +273,25 @@ def train(
         log(f"[train] resumed from {found[-1][1]} at step {step} of {total}")
     elif rt.main and os.path.isdir(state_dir) and os.listdir(state_dir):
         # cleared only if this trainer made it (it holds STATE_MARKER): never somebody else's directory
-        if not os.path.isfile(os.path.join(state_dir, STATE_MARKER)):
+        marker = os.path.join(state_dir, STATE_MARKER)
+        if not os.path.isfile(marker):
             raise TrainError(
                 f"{state_dir} exists and was not created by phicurate's trainer (no {STATE_MARKER}); it is "
                 "not deleted: give train.state_dir a new or empty directory, or continue it with --resume"
             )
+        with open(marker, encoding="utf-8") as f:
+            made_for = f.read().strip()
+        if made_for and made_for != owner:  # another run's checkpoints: a shared state_dir must not lose them
+            raise TrainError(
+                f"{state_dir} holds the training state of another run ({made_for}), not of {owner}; it is "
+                "not deleted: give this run its own train.state_dir, or continue that run with --resume"
+            )
         shutil.rmtree(state_dir)
     rt.barrier()
     os.makedirs(state_dir, exist_ok=True)
-    if rt.main:
-        open(os.path.join(state_dir, STATE_MARKER), "w").close()
+    if rt.main:  # names the run it belongs to: a fresh start clears it only for that run
+        with open(os.path.join(state_dir, STATE_MARKER), "w", encoding="utf-8") as f:
+            f.write(owner)
 
     params = sum(p.numel() for p in model.parameters())
     fpt = flops_per_token(model, cfg.context)

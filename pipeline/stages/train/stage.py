@@ -98,6 +98,9 @@ def _train(ctx: StageContext, resume: bool, stop_after: int | None) -> StageOutp
         stop_after=stop_after,
         eos_token_id=eos,
         tokenizer=tokenizer,
+        owner=ctx.config.run.output
+        if "://" in ctx.config.run.output
+        else os.path.abspath(ctx.config.run.output),
     )
     main = int(os.environ.get("RANK", "0")) == 0
     if not result.finished:
