@@ -76,12 +76,12 @@ def _spec(tmp_path: Path, base: Path, **over) -> Path:
             },
             "benchmarks": {
                 "mmlu": {
-                    "path": "pipeline/tools/ablate/data/mmlu-test.jsonl.gz",
+                    "path": "pipeline/stages/decontaminate/data/mmlu-test.jsonl.gz",
                     "kind": "mmlu",
                     "max_items": 24,
                 },
                 "gsm8k": {
-                    "path": "pipeline/tools/ablate/data/gsm8k-test.jsonl.gz",
+                    "path": "pipeline/stages/decontaminate/data/gsm8k-test.jsonl.gz",
                     "kind": "gsm8k",
                     "max_items": 8,
                 },
@@ -107,9 +107,9 @@ def ablation(tmp_path_factory, ray_local):
 
 
 def _ngrams(text: str) -> set[tuple[str, ...]]:
-    from synth.decontaminate import words
+    from pipeline.stages.decontaminate.index import normalize
 
-    w = words(text)
+    w = normalize(text)
     return {tuple(w[i : i + N]) for i in range(len(w) - N + 1)}
 
 

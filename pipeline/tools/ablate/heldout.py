@@ -3,8 +3,8 @@
 Educational documents are held out by a hash of their id (so the choice depends on nothing but the id) and
 evaluated on their first tokens; benchmark items (MMLU, GSM8K) are evaluated as question + answer text.
 Every arm reads stage outputs rewritten without them: a document is removed when its id is held out, or when
-it shares a word n-gram with any held-out text (synth/decontaminate.py's index, the same normalization as
-the benchmark decontamination), so a copy of a held-out page under another id is removed too. The removed
+it shares a word n-gram with any held-out text (the decontaminate stage's index and normalization), so a copy
+of a held-out page under another id is removed too. The removed
 documents are kept in `dropped/` with the reason and the n-gram that hit, like any stage's drops.
 """
 
@@ -22,9 +22,9 @@ import pyarrow.parquet as pq
 
 from pipeline import storage
 from pipeline.errors import UserError
+from pipeline.stages.decontaminate.index import BenchmarkIndex
 from pipeline.tokenizer import encode_with_eos, load_tokenizer
 from pipeline.tools.ablate.spec import BenchmarkHeldout, HeldoutSpec
-from synth.decontaminate import BenchmarkIndex, Item, words
 
 logger = logging.getLogger(__name__)
 SETS = "sets.json"
@@ -154,12 +154,13 @@ def read_sets(path: str) -> dict:
 
 
 def ngram_index(sets: dict) -> BenchmarkIndex:
-    """Word n-grams of every held-out text (strict off: one shared n-gram removes a document)."""
-    index = BenchmarkIndex(sets["ngram"], strict=False, min_diff_ratio=1.0)
+    """Word n-grams of every held-out text: one shared n-gram removes a document. Every n-gram counts as
+    evidence (max_items unbounded), so a passage two held-out texts share still removes its copies."""
+    index = BenchmarkIndex(sets["ngram"], min_exact_words=sets["ngram"], max_items=2**31)
     for name, s in sets["sets"].items():
         for item in s["items"]:
-            index.add(Item(name, item["id"], words(item["text"])))
-    return index
+            index.add(name, item["id"], [item["text"]])
+    return index.build()
 
 
 def heldout_ids(sets: dict) -> list[str]:
@@ -171,7 +172,7 @@ def mark_heldout(batch: pa.Table, ids: list[str], index: BenchmarkIndex) -> pa.T
     by_id = pc.is_in(batch["id"], pa.array(ids, pa.string())).to_pylist()
     hits = [None if held else index.find(t or "") for held, t in zip(by_id, batch["text"].to_pylist())]
     reason = ["heldout_id" if held else ("heldout_ngram" if h else None) for held, h in zip(by_id, hits)]
-    detail = ["id held out" if held else h for held, h in zip(by_id, hits)]
+    detail = ["id held out" if held else (h.detail() if h else None) for held, h in zip(by_id, hits)]
     batch = batch.drop_columns([c for c in ("drop_reason", "drop_detail") if c in batch.column_names])
     return batch.append_column("drop_reason", pa.array(reason, pa.string())).append_column(
         "drop_detail", pa.array(detail, pa.string())
