@@ -187,6 +187,14 @@ def test_statistics_come_from_the_per_seed_losses(ablation):
     assert f"{raw_edu['mean']:.4f} ± {raw_edu['sd']:.4f}" in section and "heldout-leak" in section
     assert (tmp / "report" / "ablation.png").stat().st_size > 10000
     assert html_section(str(tmp / "nothing"), str(tmp / "report")) is None
+    # and `phicurate report BASE` shows it, the arms side by side (the default ablation dir: BASE/ablate)
+    from pipeline.tools.report import write_report
+
+    (tmp / "base" / "ablate").symlink_to(tmp / "ablate")
+    page = open(write_report(str(tmp / "base")), encoding="utf-8").read()
+    assert (
+        "Ablation: arms side by side" in page and f"{raw_edu['mean']:.4f}" in page and "heldout-leak" in page
+    )
 
 
 @pytest.mark.slow

@@ -20,6 +20,7 @@ import pyarrow.parquet as pq  # noqa: E402
 
 from pipeline import storage  # noqa: E402
 from pipeline.errors import UserError  # noqa: E402
+from pipeline.tools.ablate.report import html_section as ablation_section  # noqa: E402
 from pipeline.tools.status import stage_records  # noqa: E402
 
 BASE_COLUMNS = {"id", "text", "source", "url", "meta"}
@@ -264,6 +265,11 @@ def write_report(output: str) -> str:
         ("Synthetic textbooks", (_img(synth_png, "synth") + synth_table) or "<p>synth has not run</p>"),
         ("Phase mixes", (_img(mix_png, "mix") + mix_table) or "<p>mix has not run</p>"),
         ("Training", _img(loss_curve(output, out_dir), "loss curve") or "<p>train has not run</p>"),
+        (
+            "Ablation: arms side by side",
+            ablation_section(os.path.join(output, "ablate"), out_dir)
+            or "<p>no ablation (phicurate ablate writes OUTPUT/ablate/)</p>",
+        ),
     ]
     body = "".join(f"<section><h2>{html.escape(t)}</h2>{c}</section>" for t, c in sections)
     title = f"phicurate report: {html.escape(output)}"
