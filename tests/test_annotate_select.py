@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import json
+import subprocess
+import sys
 
 import pyarrow.parquet as pq
 import pytest
@@ -91,8 +93,6 @@ def test_dropped_text_sample_blanks_texts_but_counts_every_document(ray_local, w
 
 
 def test_edu_score_from_a_fasttext_classifier(ray_local, write_config, corpus, tmp_path):
-    import fasttext
-
     train = tmp_path / "edu.train"
     pos = [
         "the water cycle moves water between oceans air and land",
@@ -104,19 +104,12 @@ def test_edu_score_from_a_fasttext_classifier(ray_local, write_config, corpus, t
     )
     model = tmp_path / "edu.bin"
     # wordNgrams=2 (hashed buckets): with unigrams only, this fastText build diverges (NaN) on such a tiny
-    # file
-    fasttext.train_supervised(
-        str(train),
-        epoch=25,
-        lr=0.5,
-        dim=16,
-        wordNgrams=2,
-        bucket=100_000,
-        minCount=1,
-        verbose=0,
-        thread=1,
-        seed=1,
-    ).save_model(str(model))
+    # file. Trained in a fresh process: in a process that also runs Ray it sometimes diverged anyway.
+    train_code = (
+        "import sys, fasttext; fasttext.train_supervised(sys.argv[1], epoch=25, lr=0.5, dim=16, "
+        "wordNgrams=2, bucket=100_000, minCount=1, verbose=0, thread=1, seed=1).save_model(sys.argv[2])"
+    )
+    subprocess.run([sys.executable, "-c", train_code, str(train), str(model)], check=True)
 
     cfg = load_config(
         write_config(
