@@ -24,7 +24,7 @@ $(VENV)/.installed: pyproject.toml
 
 demo: setup
 	# The educational-value classifier that annotate uses for edu_score (kept as is if already trained).
-	$(BIN)/phicurate classifier train --labels tests/data/labels/edu-reference.jsonl.zst --threshold 1 --out out/demo/models/edu
+	$(BIN)/phicurate classifier train --labels tests/data/labels/edu-reference.jsonl.zst --threshold 1 --out out/models/demo-edu
 	$(BIN)/phicurate run configs/demo.yaml
 	$(BIN)/phicurate report out/demo
 	@echo "loss curve: out/demo/train/loss.png   report: out/demo/report.html"
