@@ -172,10 +172,27 @@ def build_parser() -> argparse.ArgumentParser:
     return p
 
 
+_OURS = ("pipeline", "synth", "classifiers", "train_handoff")
+
+
+def _show_progress() -> None:
+    """phicurate's progress lines ("[ingest] running ...") as plain lines on stdout; other libraries' records
+    (Ray Data logs each operator's progress at INFO) only from WARNING up, as without this handler."""
+    if any(getattr(h, "_phicurate", False) for h in logging.getLogger().handlers):
+        return
+    handler = logging.StreamHandler(sys.stdout)
+    handler.setFormatter(logging.Formatter("%(message)s"))
+    handler.addFilter(lambda r: r.name.split(".")[0] in _OURS or r.levelno >= logging.WARNING)
+    handler._phicurate = True
+    root = logging.getLogger()
+    root.addHandler(handler)
+    for name in _OURS:
+        logging.getLogger(name).setLevel(logging.INFO)
+
+
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
-    # the library logs its progress ("[ingest] running ..."); the command shows it as plain lines
-    logging.basicConfig(level=logging.INFO, format="%(message)s", stream=sys.stdout)
+    _show_progress()
     try:
         args.func(args)
     except UserError as e:
