@@ -23,19 +23,15 @@ import time
 import uuid
 from typing import Callable
 
-import pyarrow as pa
-import pyarrow.compute as pc
 import pyarrow.fs as pafs
-import pyarrow.parquet as pq
 import ray
 
-from pipeline import ownership, redact, storage
+from pipeline import ownership, parts, redact, storage
 from pipeline.config import Config
 from pipeline.errors import UserError
 from pipeline.fingerprint import outside_files
 from pipeline.registry import BY_NAME, ORDER
 from pipeline.runtime import init_ray
-from pipeline.schema import count_words
 from pipeline.stage import Stage, StageContext, StageOutput
 
 logger = logging.getLogger(__name__)
@@ -46,11 +42,6 @@ RESOURCE_ERRNOS = {errno.ENOSPC: "no space left on the device", errno.EFBIG: "a 
 if hasattr(errno, "EDQUOT"):
     RESOURCE_ERRNOS[errno.EDQUOT] = "the disk quota is exhausted"
 PROBE_BYTES = 1 << 20  # written where a stage failed, to tell a full disk from another error
-DROP_COLUMNS = ["drop_reason", "drop_detail"]
-# Parquet parts of at least this size: a stage whose blocks are small (ingest extracts 16 pages per block)
-# would otherwise write a file per block, and every later read pays per file (117 files of the demo's
-# ingest made a bare read-and-map 13 s against 2 s for one file).
-PART_MIN_BYTES = 128 * 1024 * 1024
 # Rows per block when a stage reads its input, so one large part still spreads over every core.
 READ_BLOCK_ROWS = 512
 
@@ -88,62 +79,22 @@ def input_fingerprint(stage: Stage, config: Config, output: str) -> str:
     return hashlib.sha256(json.dumps(parts, sort_keys=True).encode()).hexdigest()[:16]
 
 
-def _tally(batch: pa.Table) -> pa.Table:
-    """Per block: documents and words by drop reason ("" for kept). Runs on the workers."""
-    reasons = pc.fill_null(batch["drop_reason"], "")
-    words = count_words(batch["text"])
-    t = pa.table({"reason": reasons, "words": words})
-    g = t.group_by("reason").aggregate([("words", "count"), ("words", "sum")])
-    return g.rename_columns(["reason", "docs", "words"])
+def work_dir_of(output: str, stage: str, config_hash: str, fingerprint: str) -> str:
+    """Where a stage writes until it is complete: named after its config and input, so the rerun of a
+    killed run finds what the killed one committed, and a run with another config or input does not."""
+    key = hashlib.sha256(f"{config_hash}:{fingerprint}".encode()).hexdigest()[:12]
+    return storage.join(output, f".{stage}.tmp-{key}")
 
 
-def _kept(batch: pa.Table) -> pa.Table:
-    return batch.filter(pc.is_null(batch["drop_reason"])).drop_columns(DROP_COLUMNS)
-
-
-def _dropped(batch: pa.Table) -> pa.Table:
-    return batch.filter(pc.is_valid(batch["drop_reason"]))
-
-
-def write_docs(
-    docs: "ray.data.Dataset", work_dir: str, secrets: dict[str, str] | None = None
-) -> tuple[int, dict[str, int], int]:
-    """Write kept and dropped documents, with `secrets` scrubbed from their strings; return (docs_out,
-    dropped by reason, words kept)."""
-    if secrets:
-        docs = docs.map_batches(redact.redact_table, fn_args=(secrets,), batch_format="pyarrow")
-    docs = docs.materialize()  # computed once, read three times; spills to disk when large
-    missing = [c for c in ["id", "text", *DROP_COLUMNS] if c not in docs.schema().names]
-    if missing:
-        raise RuntimeError(f"stage output lacks columns {missing}")
-    counts: dict[str, int] = {}
-    words_out = 0
-    for row in docs.map_batches(_tally, batch_format="pyarrow").take_all():
-        counts[row["reason"]] = counts.get(row["reason"], 0) + row["docs"]
-        if row["reason"] == "":
-            words_out += row["words"]
-    docs_out = counts.pop("", 0)
-    kept = docs.map_batches(_kept, batch_format="pyarrow")
-    if docs_out:
-        kept.write_parquet(work_dir, min_bytes_per_file=PART_MIN_BYTES)
-    else:  # keep the schema, so the next stage can read an empty input
-        schema = pa.schema([f for f in docs.schema().base_schema if f.name not in DROP_COLUMNS])
-        storage.make_dir(work_dir)
-        fs, path = storage.resolve(storage.join(work_dir, "part-empty.parquet"))
-        pq.write_table(schema.empty_table(), path, filesystem=fs)
-    if counts:
-        docs.map_batches(_dropped, batch_format="pyarrow").write_parquet(
-            storage.join(work_dir, "dropped"), min_bytes_per_file=PART_MIN_BYTES
-        )
-    return docs_out, dict(sorted(counts.items())), words_out
-
-
-def _remove_stale_work_dirs(output: str, stage: str) -> None:
-    """Work directories of an earlier run of this stage that was killed: never complete, never read."""
+def _remove_stale_work_dirs(output: str, stage: str, keep: str | None) -> None:
+    """Work directories of earlier, killed runs of this stage (never complete, never read), except `keep`,
+    the one this run resumes."""
     fs, path = storage.resolve(output)
+    _, keep_path = storage.resolve(keep) if keep else (None, None)
     for info in fs.get_file_info(pafs.FileSelector(path)):
         if info.type == pafs.FileType.Directory and info.base_name.startswith(f".{stage}.tmp-"):
-            fs.delete_dir(info.path)
+            if info.path.rstrip("/") != (keep_path or "").rstrip("/"):
+                fs.delete_dir(info.path)
 
 
 def _causes(e: BaseException):
@@ -220,21 +171,32 @@ def _run_stage(stage: Stage, config: Config, fingerprint: str, secrets: dict[str
             f"{final} exists but was not written by phicurate (it has no {RECORD}); it is not deleted: move "
             "it away or give another output"
         )
-    _remove_stale_work_dirs(output, stage.name)
-    work_dir = storage.join(output, f".{stage.name}.tmp-{uuid.uuid4().hex[:8]}")
+    work_dir = work_dir_of(output, stage.name, config.section_hash(stage.name), fingerprint)
+    _remove_stale_work_dirs(output, stage.name, keep=work_dir if stage.resumes else None)
     storage.make_dir(work_dir)
     # the stage directory holds a record from the moment it exists: only such a directory is ever replaced
     storage.write_json(storage.join(work_dir, RECORD), {"stage": stage.name, "status": "writing"})
     t0 = time.time()
-    ctx = StageContext(stage.name, config, output, work_dir, lambda up: read_docs(output, up))
+    ctx = StageContext(stage.name, config, output, work_dir, lambda up: read_docs(output, up), secrets)
+    parts_figures: dict = {}
     try:
         result: StageOutput = stage.run(ctx)
+        written = result.parts
         if result.docs is not None:
-            docs_out, dropped, words = write_docs(result.docs, work_dir, secrets)
+            written = parts.write_dataset(result.docs, work_dir, secrets)
+        if written is not None:
+            docs_out, dropped, words = written.docs_out, written.dropped, written.words
             docs_in = result.docs_in if result.docs_in is not None else _docs_read(stage.name, config)
-            if docs_in is None:
-                docs_in = docs_out + sum(dropped.values())
+            if docs_in is None:  # several upstream stages (none such today): what the tasks read
+                docs_in = written.docs_in
+            elif result.docs_in is None and result.parts is not None and written.docs_in != docs_in:
+                raise RuntimeError(
+                    f"stage {stage.name}: its parts read {written.docs_in} documents, but the upstream "
+                    f"stage kept {docs_in}"
+                )
             tokens = result.tokens_out if result.tokens_out is not None else words
+            if result.parts is not None:
+                parts_figures = {"parts": written.parts, "parts_reused": written.parts_reused}
         else:
             docs_out, dropped, tokens = result.docs_out, result.dropped or {}, result.tokens_out or 0
             docs_in = result.docs_in
@@ -260,6 +222,7 @@ def _run_stage(stage: Stage, config: Config, fingerprint: str, secrets: dict[str
         "dropped": dropped,
         "tokens_out": tokens,
         "wall_s": round(time.time() - t0, 2),
+        **parts_figures,
         "details": result.details,
     }
     record = redact.redact_obj(record, secrets)

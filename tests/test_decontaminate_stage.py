@@ -16,7 +16,8 @@ import zstandard
 
 from pipeline import storage
 from pipeline.config import parse_config
-from pipeline.runner import read_docs, write_docs
+from pipeline.parts import write_dataset
+from pipeline.runner import read_docs
 from pipeline.stage import StageContext
 from pipeline.stages.decontaminate import stage as decontaminate_stage
 from pipeline.stages.decontaminate.config import DATA_DIR, DecontaminateConfig
@@ -112,7 +113,8 @@ def test_stage_drops_planted_items_and_keeps_clean_documents(ray_local, tmp_path
         "decontaminate", config, str(tmp_path), str(work), lambda up: read_docs(str(tmp_path), up)
     )
     result = decontaminate_stage.run(ctx)
-    kept, dropped, _ = write_docs(result.docs, ctx.work_dir)
+    written = write_dataset(result.docs, ctx.work_dir)
+    kept, dropped = written.docs_out, written.dropped
     out = {r["id"]: r for r in pq.read_table(sorted((work / "dropped").glob("*.parquet"))).to_pylist()}
     planted = {i for i, _ in docs if i.split("|")[0] in ("mmlu", "gsm8k", "humaneval")}
     assert set(out) == planted, f"wrongly kept {planted - set(out)}, wrongly dropped {set(out) - planted}"

@@ -5,13 +5,14 @@ Values are threshold-free, so changing a threshold in `select` reruns `select` o
 
 from __future__ import annotations
 
+import functools
 import os
 
 import pyarrow as pa
 import ray
-import ray.data
 
 from pipeline.errors import UserError
+from pipeline.parts import read_part
 from pipeline.stage import Stage, StageContext, StageOutput
 from pipeline.stages.annotate.config import AnnotateConfig
 from pipeline.stages.annotate.signals import Annotator
@@ -42,21 +43,22 @@ def run(ctx: StageContext) -> StageOutput:
             f"annotate.edu_model: model file '{cfg.edu_model}' not found (relative to {os.getcwd()}); "
             "train one with `phicurate classifier train --labels FILE --out DIR`"
         )
-    # Blocks of one batch each, streamed (no shuffle): an ingest part is one block, which one actor would get
-    # whole.
-    docs = (
-        ctx.read("ingest")
-        .repartition(target_num_rows_per_block=cfg.batch_size)
-        .map_batches(
-            Annotator,
-            fn_constructor_kwargs=dict(lid_model=cfg.lid_model, edu_model=cfg.edu_model),
-            batch_size=cfg.batch_size,
-            batch_format="pyarrow",
-            compute=ray.data.ActorPoolStrategy(size=cfg.workers),
-            num_cpus=_cpus_per_actor(cfg.workers),
-        )
+    # One part per actor call: each actor loads the models once and annotates whole parts of ingest's output.
+    factory = functools.partial(_annotator, cfg.lid_model, cfg.edu_model, cfg.batch_size)
+    todo = ctx.upstream_parts("ingest")
+    return StageOutput(
+        parts=ctx.run_parts(todo, factory, actors=cfg.workers, num_cpus=_cpus_per_actor(cfg.workers))
     )
-    return StageOutput(docs=docs.map_batches(_with_drop_columns, batch_format="pyarrow"))
+
+
+def _annotator(lid_model: str | None, edu_model: str | None, batch_size: int):
+    annotator = Annotator(lid_model=lid_model, edu_model=edu_model)
+
+    def process(spec: dict, stats: dict):
+        for table in read_part(spec, batch_rows=batch_size):
+            yield _with_drop_columns(annotator(table))
+
+    return process
 
 
 def models(config) -> list[str | None]:
@@ -64,4 +66,4 @@ def models(config) -> list[str | None]:
     return [config.annotate.lid_model or default_lid_model(), config.annotate.edu_model]
 
 
-STAGE = Stage("annotate", run, outside_files=models)
+STAGE = Stage("annotate", run, outside_files=models, resumes=True)

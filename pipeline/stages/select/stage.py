@@ -6,12 +6,14 @@ threshold as `drop_detail`; each active heuristic filter also gets a column with
 
 from __future__ import annotations
 
+import functools
 import hashlib
 
 import pyarrow as pa
 import pyarrow.compute as pc
 
 from pipeline.errors import UserError
+from pipeline.parts import read_part, schema_of
 from pipeline.stage import Stage, StageContext, StageOutput
 from pipeline.stages.select import rules
 from pipeline.stages.select.config import SelectConfig
@@ -40,18 +42,26 @@ def select_batch(table: pa.Table, cfg: SelectConfig) -> pa.Table:
     return table.append_column("drop_reason", reason).append_column("drop_detail", detail)
 
 
+def _selector(cfg: SelectConfig):
+    def process(spec: dict, stats: dict):
+        for table in read_part(spec):
+            yield select_batch(table, cfg)
+
+    return process
+
+
 def run(ctx: StageContext) -> StageOutput:
     cfg: SelectConfig = ctx.section
-    docs = ctx.read("annotate")
-    missing = [c for c in rules.columns(rules.rules(cfg)) if c not in docs.schema().names]
+    todo = ctx.upstream_parts("annotate")
+    names = schema_of(todo).names
+    missing = [c for c in rules.columns(rules.rules(cfg)) if c not in names]
     if missing:
         hint = " (set annotate.edu_model)" if "edu_score" in missing else ""
         raise UserError(f"select: rules need signal columns {missing} that annotate's output lacks{hint}")
-    out = docs.map_batches(select_batch, fn_kwargs=dict(cfg=cfg), batch_format="pyarrow")
     return StageOutput(
-        docs=out,
+        parts=ctx.run_parts(todo, functools.partial(_selector, cfg)),
         details={"rules": [r.reason for r in rules.rules(cfg)], "select": cfg.model_dump(mode="json")},
     )
 
 
-STAGE = Stage("select", run)
+STAGE = Stage("select", run, resumes=True)

@@ -184,7 +184,8 @@ def write_pool(base_output: str, stage: str, pool: str, sets: dict) -> dict:
 
     Its record carries the base stage's config hash and an input fingerprint that adds the held-out sets,
     so `mix` in an arm reruns when either changes and is skipped otherwise. Rewritten only when stale."""
-    from pipeline.runner import RECORD, read_docs, read_record, write_docs
+    from pipeline.parts import write_dataset
+    from pipeline.runner import RECORD, read_docs, read_record
 
     base = read_record(base_output, stage)
     source_key = {
@@ -202,7 +203,8 @@ def write_pool(base_output: str, stage: str, pool: str, sets: dict) -> dict:
     if os.path.exists(work):  # left by a killed run
         storage.remove_dir(work)
     storage.make_dir(work)
-    docs_out, dropped, words_out = write_docs(ds, work)
+    written = write_dataset(ds, work)
+    docs_out, dropped, words_out = written.docs_out, written.dropped, written.words
     storage.replace_dir(work, pool)
     record = {
         "stage": stage,
