@@ -112,3 +112,23 @@ def s3_bucket(s3_server, request):
     name = "t-" + "".join(c if c.isalnum() else "-" for c in request.node.name.lower())[:50].strip("-")
     boto3.client("s3", endpoint_url=s3_server).create_bucket(Bucket=name)
     return f"s3://{name}"
+
+
+def wait_for_url(url: str, proc, timeout_s: float, log_path: str, every_s: float = 1.0) -> None:
+    """Wait until `url` answers 200 while the server process `proc` lives; fail with the tail of its log."""
+    import time
+    import urllib.request
+
+    deadline = time.time() + timeout_s
+    while True:
+        if proc.poll() is not None:
+            raise RuntimeError(f"the server exited with {proc.returncode}: {open(log_path).read()[-3000:]}")
+        try:
+            with urllib.request.urlopen(url, timeout=2) as r:
+                if r.status == 200:
+                    return
+        except OSError:
+            pass
+        if time.time() > deadline:
+            raise TimeoutError(f"no answer at {url} after {timeout_s} s: {open(log_path).read()[-3000:]}")
+        time.sleep(every_s)

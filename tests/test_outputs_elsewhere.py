@@ -18,7 +18,6 @@ import signal
 import socket
 import subprocess
 import sys
-import time
 import urllib.request
 
 import numpy as np
@@ -31,6 +30,7 @@ from pipeline.runner import run_pipeline
 from pipeline.shards import IndexedDataset, read_blend
 from pipeline.tokenizer import PHI3_OFFLINE, load_tokenizer
 from pipeline.tools.cli import main
+from tests.conftest import wait_for_url
 from tests.test_mix import MIX, upstream  # noqa: F401  (upstream: the module fixture of real stage outputs)
 from train_handoff.config import TrainConfig
 from train_handoff.errors import TrainError
@@ -271,17 +271,7 @@ def test_vllm_serves_the_trained_model_as_documented(trained):
     with open(log, "w") as f:
         proc = subprocess.Popen(cmd, stdout=f, stderr=subprocess.STDOUT, start_new_session=True)
     try:
-        deadline = time.time() + 480
-        while True:
-            assert proc.poll() is None, log.read_text()[-3000:]
-            try:
-                with urllib.request.urlopen(f"http://127.0.0.1:{port}/health", timeout=2) as r:
-                    if r.status == 200:
-                        break
-            except OSError:
-                pass
-            assert time.time() < deadline, "the server was not ready in 480 s"
-            time.sleep(2)
+        wait_for_url(f"http://127.0.0.1:{port}/health", proc, 480, str(log), every_s=2)
         base = f"http://127.0.0.1:{port}/v1"
         prompt = "The cell is the basic unit of"
         done = _post(

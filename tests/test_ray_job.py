@@ -15,8 +15,6 @@ import socket
 import subprocess
 import sys
 import tempfile
-import time
-import urllib.request
 from contextlib import ExitStack
 
 import psutil
@@ -25,7 +23,7 @@ import pytest
 
 from pipeline.config import load_config
 from pipeline.runner import read_record, run_pipeline
-from tests.conftest import DATA, ROOT
+from tests.conftest import DATA, ROOT, wait_for_url
 
 pytestmark = pytest.mark.slow
 BIN = os.path.dirname(sys.executable)  # the venv's ray and phicurate
@@ -76,21 +74,7 @@ def head_node():
     head = psutil.Process(proc.pid)
     url = f"http://127.0.0.1:{dash}"
     try:
-        deadline = time.time() + 180
-        while True:
-            if proc.poll() is not None:
-                raise RuntimeError(
-                    f"ray start exited with {proc.returncode}: {open(log.name).read()[-3000:]}"
-                )
-            try:
-                with urllib.request.urlopen(f"{url}/api/version", timeout=2) as r:
-                    if r.status == 200:
-                        break
-            except OSError:
-                pass
-            if time.time() > deadline:
-                raise TimeoutError(f"no job server at {url} after 180 s: {open(log.name).read()[-3000:]}")
-            time.sleep(1)
+        wait_for_url(f"{url}/api/version", proc, 180, log.name)
         yield url, env
     finally:
         procs = _ours(temp_dir, head)
