@@ -2,6 +2,10 @@
 
 Everything on the page is read from what the stages wrote: `_stage.json` records, the annotate, dedup and
 synth Parquet columns, the mix manifests and the trainer's metrics. Nothing is recomputed.
+
+Memory does not grow with the corpus: totals come from the records; the Parquet outputs are streamed a row
+group at a time and only the columns a picture needs are read (never `text`); the signal histograms are drawn
+from a seeded sample of at most SAMPLE_ROWS documents, the language and cluster-size counts are exact.
 """
 
 from __future__ import annotations
@@ -24,6 +28,8 @@ from pipeline.tools.ablate.report import html_section as ablation_section  # noq
 from pipeline.tools.status import stage_records  # noqa: E402
 
 BASE_COLUMNS = {"id", "text", "source", "url", "meta"}
+SAMPLE_ROWS = 100_000  # documents a histogram is drawn from, whatever the corpus size
+SAMPLE_SEED = 0  # the same output gives the same pictures
 
 
 def _png(fig, out_dir: str, name: str) -> str:
@@ -33,13 +39,70 @@ def _png(fig, out_dir: str, name: str) -> str:
     return f"report/{name}"
 
 
-def _parts(output: str, stage: str, columns: list[str] | None = None):
-    files = storage.list_files(storage.join(output, stage), suffix=".parquet")
-    if not files:
-        return None
-    names = pq.read_schema(files[0]).names
-    cols = [c for c in (columns or names) if c in names]
-    return pq.read_table(files, columns=cols)
+def _files(output: str, stage: str) -> list[str]:
+    """A stage's kept Parquet parts (not `dropped/`), in a fixed order."""
+    return storage.list_files(storage.join(output, stage), suffix=".parquet")
+
+
+def _schema(files: list[str]) -> pa.Schema:
+    fs, path = storage.resolve(files[0])
+    with fs.open_input_file(path) as f:
+        return pq.ParquetFile(f).schema_arrow
+
+
+def _batches(files: list[str], columns: list[str]):
+    """The named columns of the files, one row group at a time, in file order (deterministic)."""
+    for uri in files:
+        fs, path = storage.resolve(uri)
+        with fs.open_input_file(path) as f:
+            pf = pq.ParquetFile(f)
+            names = set(pf.schema_arrow.names)
+            if not all(c in names for c in columns):
+                continue  # an empty typed part of another shape adds nothing
+            for i in range(pf.num_row_groups):
+                yield pf.read_row_group(i, columns=columns)
+
+
+def _rows(files: list[str]) -> int:
+    """Documents in the files, from their footers."""
+    total = 0
+    for uri in files:
+        fs, path = storage.resolve(uri)
+        with fs.open_input_file(path) as f:
+            total += pq.ParquetFile(f).metadata.num_rows
+    return total
+
+
+def sample(files: list[str], columns: list[str], n: int | None = None, seed: int = SAMPLE_SEED) -> pa.Table:
+    """A seeded Bernoulli sample of about `n` rows (default SAMPLE_ROWS; all of them when there are fewer),
+    never more than n held."""
+    n = SAMPLE_ROWS if n is None else n
+    total = _rows(files)
+    p = min(1.0, n / total) if total else 1.0
+    rng = np.random.default_rng(seed)
+    got, held = [], 0
+    for t in _batches(files, columns):
+        if p < 1.0:
+            t = t.filter(pa.array(rng.random(t.num_rows) < p))
+        t = t.slice(0, n - held)
+        got.append(t)
+        held += t.num_rows
+        if held >= n:
+            break
+    return pa.concat_tables(got) if got else pa.schema([]).empty_table()
+
+
+def value_counts(files: list[str], column: str) -> dict:
+    """Exact counts of each value of one column, streamed (for columns with few distinct values)."""
+    counts: dict = {}
+    for t in _batches(files, [column]):
+        for vc in pc.value_counts(t[column]).to_pylist():
+            counts[vc["values"]] = counts.get(vc["values"], 0) + vc["counts"]
+    return counts
+
+
+def _parts_txt(r: dict) -> str:
+    return f"{r['parts']} ({r.get('parts_reused', 0)})" if "parts" in r else ""
 
 
 def funnel(records: dict, out_dir: str) -> tuple[str, str]:
@@ -68,7 +131,7 @@ def funnel(records: dict, out_dir: str) -> tuple[str, str]:
     rows = []
     for s, r in records.items():
         if r.get("status") != "complete":
-            rows.append(f"<tr><td>{s}</td><td colspan=6>incomplete</td></tr>")
+            rows.append(f"<tr><td>{s}</td><td colspan=7>incomplete</td></tr>")
             continue
         reasons_txt = ", ".join(
             f"{html.escape(k)} {v}" for k, v in sorted(r["dropped"].items(), key=lambda kv: -kv[1])
@@ -78,21 +141,21 @@ def funnel(records: dict, out_dir: str) -> tuple[str, str]:
             f"<td class=n data-key=docs_out>{r['docs_out']}</td><td class=n "
             f"data-key=dropped>{sum(r['dropped'].values())}</td>"
             f"<td class=n data-key=tokens_out>{r['tokens_out']}</td><td "
-            f"class=n>{r['wall_s']}</td><td>{reasons_txt}</td></tr>"
+            f"class=n>{r['wall_s']}</td><td class=n>{_parts_txt(r)}</td><td>{reasons_txt}</td></tr>"
         )
     table = (
         "<table id=funnel><tr><th>stage</th><th>docs in</th><th>kept</th><th>dropped</th><th>tokens out</th>"
-        "<th>wall s</th><th>drop reasons</th></tr>" + "".join(rows) + "</table>"
+        "<th>wall s</th><th>parts (reused)</th><th>drop reasons</th></tr>" + "".join(rows) + "</table>"
     )
     return png, table
 
 
-def signals(output: str, records: dict, out_dir: str) -> list[tuple[str, str]]:
-    """A histogram per numeric signal of annotate's output, with select's threshold marked where a rule uses
-    it."""
-    t = _parts(output, "annotate")
-    if t is None:
-        return []
+def signals(output: str, records: dict, out_dir: str) -> tuple[list[tuple[str, str]], str]:
+    """A histogram per numeric signal of annotate's output (from a seeded sample of its documents), with
+    select's threshold marked where a rule uses it."""
+    files = _files(output, "annotate")
+    if not files:
+        return [], ""
     thresholds: dict[str, list[float]] = {}
     sel = records.get("select", {}).get("details", {}).get("select")
     if sel:
@@ -102,12 +165,19 @@ def signals(output: str, records: dict, out_dir: str) -> list[tuple[str, str]]:
         for r in rules.rules(SelectConfig.model_validate(sel)):
             if r.op in ("<", ">") and isinstance(r.threshold, (int, float)):
                 thresholds.setdefault(r.column, []).append(float(r.threshold))
-    out = []
     cols = [
         f.name
-        for f in t.schema
+        for f in _schema(files)
         if f.name not in BASE_COLUMNS and (pa.types.is_integer(f.type) or pa.types.is_floating(f.type))
     ]
+    t = sample(files, cols)
+    total = _rows(files)
+    of = "" if t.num_rows == total else f", sample of {t.num_rows} of {total}"
+    caption = (
+        f"<p id=signals-sample>histograms of {t.num_rows} of {total} annotated documents"
+        f"{' (a seeded sample)' if of else ''}</p>"
+    )
+    out = []
     for col in cols:
         v = t[col].drop_null().to_numpy(zero_copy_only=False).astype(float)
         if not len(v):
@@ -116,18 +186,16 @@ def signals(output: str, records: dict, out_dir: str) -> list[tuple[str, str]]:
         ax.hist(v, bins=40, color="#6c8ebf")
         for th in thresholds.get(col, []):
             ax.axvline(th, color="#d62728", lw=1.5)
-        ax.set_title(col + (" (red: threshold)" if col in thresholds else ""), fontsize=9)
+        ax.set_title(col + (" (red: threshold)" if col in thresholds else "") + of, fontsize=9)
         out.append((col, _png(fig, out_dir, f"signal-{col}.png")))
-    return out
+    return out, caption
 
 
 def languages(output: str, out_dir: str) -> str | None:
-    t = _parts(output, "annotate", ["lang"])
-    if t is None or "lang" not in t.column_names:
+    files = _files(output, "annotate")
+    if not files or "lang" not in _schema(files).names:
         return None
-    counts = sorted(
-        ((r["values"], r["counts"]) for r in pc.value_counts(t["lang"]).to_pylist()), key=lambda x: -x[1]
-    )[:20]
+    counts = sorted(value_counts(files, "lang").items(), key=lambda x: -x[1])[:20]
     fig, ax = plt.subplots(figsize=(7, 3), dpi=100)
     ax.bar([str(k) for k, _ in counts], [v for _, v in counts], color="#8c6bb1")
     ax.set_title("language mix of ingested documents (top 20)")
@@ -135,13 +203,12 @@ def languages(output: str, out_dir: str) -> str | None:
 
 
 def dedup_clusters(output: str, out_dir: str) -> str | None:
-    t = _parts(output, "dedup", ["dup_cluster_size"])
-    if t is None or "dup_cluster_size" not in t.column_names:
+    files = _files(output, "dedup")
+    if not files or "dup_cluster_size" not in _schema(files).names:
         return None
-    sizes = t["dup_cluster_size"].to_numpy(zero_copy_only=False)
+    counts = sorted(value_counts(files, "dup_cluster_size").items())
     fig, ax = plt.subplots(figsize=(6, 3), dpi=100)
-    vals, counts = np.unique(sizes, return_counts=True)
-    ax.bar([str(v) for v in vals], counts, color="#e07b39")
+    ax.bar([str(v) for v, _ in counts], [c for _, c in counts], color="#e07b39")
     ax.set_yscale("log")
     ax.set_xlabel("cluster size (1 = no duplicate)")
     ax.set_title("kept documents by duplicate-cluster size")
@@ -247,14 +314,14 @@ def write_report(output: str) -> str:
     out_dir = os.path.join(output, "report")
     os.makedirs(out_dir, exist_ok=True)
     funnel_png, funnel_table = funnel(records, out_dir)
-    sig = signals(output, records, out_dir)
+    sig, sig_caption = signals(output, records, out_dir)
     synth_png, synth_table = synth_section(records, out_dir)
     mix_png, mix_table = mix_section(output, out_dir)
     sections = [
         ("Funnel: documents and tokens through the stages", _img(funnel_png, "funnel") + funnel_table),
         (
             "Signals (annotate), select thresholds in red",
-            "".join(_img(p, c) for c, p in sig) or "<p>annotate has not run</p>",
+            ("".join(_img(p, c) for c, p in sig) + sig_caption) or "<p>annotate has not run</p>",
         ),
         ("Language mix", _img(languages(output, out_dir), "languages") or "<p>no language column</p>"),
         (
