@@ -1,6 +1,7 @@
 """Stage `decontaminate` on real Ray: planted items of every bundled benchmark are dropped, verbatim and
 perturbed, naming the right item; clean educational prose and number tables are kept; contamination.json
-and the record count per benchmark. Also synth's use of the same code (earlier drops pass through)."""
+and the record count per benchmark, merged from the parts' summaries. Also synth's use of the same code
+(earlier drops pass through)."""
 
 from __future__ import annotations
 
@@ -16,12 +17,12 @@ import zstandard
 
 from pipeline import storage
 from pipeline.config import parse_config
-from pipeline.parts import write_dataset
-from pipeline.runner import read_docs
-from pipeline.stage import StageContext
+from pipeline.registry import BY_NAME
+from pipeline.runner import RECORD, run_stage
 from pipeline.stages.decontaminate import stage as decontaminate_stage
 from pipeline.stages.decontaminate.config import DATA_DIR, DecontaminateConfig
-from pipeline.stages.decontaminate.core import decontaminate
+from pipeline.stages.decontaminate.core import mark
+from pipeline.stages.decontaminate.index import load_index
 from pipeline.tools.report import contamination_table
 from tests.conftest import DATA
 
@@ -96,8 +97,13 @@ def docs():
 
 @pytest.mark.slow  # 25-50 s on 2 shared cores: the index is built, then loaded by two actors
 def test_stage_drops_planted_items_and_keeps_clean_documents(ray_local, tmp_path, docs):
+    out_dir = tmp_path / "out"
     config = parse_config(
-        {"ingest": {"inputs": [{"path": "tests/data/demo", "source": "web/x"}]}, "decontaminate": {}}
+        {
+            "run": {"output": str(out_dir)},
+            "ingest": {"inputs": [{"path": "tests/data/demo", "source": "web/x"}]},
+            "decontaminate": {},
+        }
     )
     table = pa.table(
         {
@@ -106,16 +112,20 @@ def test_stage_drops_planted_items_and_keeps_clean_documents(ray_local, tmp_path
             "source": ["web/x"] * (len(docs) - 3) + ["web/y"] * 3,
         }
     )
-    (tmp_path / "dedup").mkdir()
-    pq.write_table(table, tmp_path / "dedup" / "part-0.parquet")  # read as the runner reads: Parquet tasks
-    work = tmp_path / "decontaminate"
-    ctx = StageContext(
-        "decontaminate", config, str(tmp_path), str(work), lambda up: read_docs(str(tmp_path), up)
-    )
-    result = decontaminate_stage.run(ctx)
-    written = write_dataset(result.docs, ctx.work_dir)
-    kept, dropped = written.docs_out, written.dropped
+    # dedup's output as the runner leaves it: two files (two parts, one per actor; every other document
+    # in each, so both hold planted items) and a complete record
+    (out_dir / "dedup").mkdir(parents=True)
+    for name, first in (("a", 0), ("b", 1)):
+        rows = table.take(list(range(first, table.num_rows, 2)))
+        pq.write_table(rows, out_dir / "dedup" / f"part-{name}.parquet")
+    up = {"status": "complete", "config_hash": "x", "input_fingerprint": "y", "docs_out": table.num_rows}
+    storage.write_json(str(out_dir / "dedup" / RECORD), up)
+    record = run_stage(BY_NAME["decontaminate"].implementation(), config, "fp")
+    work = out_dir / "decontaminate"
+    assert record["parts"] == 2 and record["parts_reused"] == 0
+    kept, dropped = record["docs_out"], record["dropped"]
     out = {r["id"]: r for r in pq.read_table(sorted((work / "dropped").glob("*.parquet"))).to_pylist()}
+    assert pq.read_table(sorted(work.glob("*.parquet"))).num_rows == kept
     planted = {i for i, _ in docs if i.split("|")[0] in ("mmlu", "gsm8k", "humaneval")}
     assert set(out) == planted, f"wrongly kept {planted - set(out)}, wrongly dropped {set(out) - planted}"
     for doc_id, r in out.items():
@@ -134,21 +144,26 @@ def test_stage_drops_planted_items_and_keeps_clean_documents(ray_local, tmp_path
     )
     assert report["benchmarks"]["gsm8k"]["by_source"] == {"web/x": 2}
     assert report["benchmarks"]["humaneval"]["examples"][0]["match"].startswith(HUMANEVAL[30]["task_id"])
-    assert result.details["benchmarks"]["humaneval"] == {
+    # the examples merged from both parts' summaries: the 5 smallest ids of the 8, as one sorted pass picks
+    mmlu = sorted(i for i, r in out.items() if r["drop_reason"] == "contaminated:mmlu")
+    in_a = set(table["id"].to_pylist()[::2])
+    assert {i in in_a for i in mmlu[:5]} == {True, False}  # the first five come from both parts
+    assert [e["doc"] for e in report["benchmarks"]["mmlu"]["examples"]] == mmlu[:5]
+    assert record["details"]["benchmarks"]["humaneval"] == {
         "items": 164,
         "items_found": 1,
         "docs_dropped": 2,
         "by_source": {"web/x": 2},
     }
-    assert result.details["index"]["memory_mb"] > 0
-    table = contamination_table(str(tmp_path))  # phicurate report's table, from contamination.json
+    assert record["details"]["index"]["memory_mb"] > 0
+    table = contamination_table(str(out_dir))  # phicurate report's table, from contamination.json
     assert "<td>mmlu</td><td class=n>4 of 14079</td><td class=n>8</td><td>web/x: 8</td>" in table
     assert f"humaneval|{HUMANEVAL[30]['task_id']}|perturbed" in table
 
 
-def test_earlier_drops_pass_through_as_in_synth(ray_local):
+def test_earlier_drops_pass_through_as_in_synth():
     leak = PLANTED[4][2]
-    ds = ray_local.data.from_items(
+    batch = pa.Table.from_pylist(
         [
             {"id": "a", "text": leak, "drop_reason": None, "drop_detail": None},
             {"id": "b", "text": leak, "drop_reason": "too_short", "drop_detail": "3 words"},
@@ -160,7 +175,7 @@ def test_earlier_drops_pass_through_as_in_synth(ray_local):
             {"path": "bundled:gsm8k-test.jsonl.gz", "name": "gsm8k", "fields": ["question", "answer"]}
         ]
     )
-    rows = {r["id"]: r for r in decontaminate(ds, cfg).take_all()}
+    rows = {r["id"]: r for r in mark(batch, load_index(cfg)).to_pylist()}
     assert rows["a"]["drop_reason"] == "contaminated:gsm8k" and rows["a"]["drop_detail"].startswith(
         "line 101 ("
     )
