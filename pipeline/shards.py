@@ -9,7 +9,9 @@ Layout of the `.idx` file (megatron/core/datasets/indexed_dataset.py, `_IndexWri
     document)
 The `.bin` file is the documents' token ids back to back in that dtype.
 
-Writing uses datatrove's `MegatronTokenizedFile` (local or object-store paths through fsspec). Reading is
+`IndexedDatasetWriter` writes document by document through datatrove's `MegatronTokenizedFile`;
+`write_indexed_dataset` writes a shard whose tokens are already in memory at once, to a local path or an
+object store (the mix's shard tasks), with the same bytes. Reading is
 written here: Megatron's own reader needs torch and megatron-core, which a data job or a non-Megatron trainer
 should not need; ours memory-maps both files, checks the header and that the index and the data agree, and
 adds the fixed-length training sequences (packing) the trainer consumes. Megatron's reader is the test oracle.
@@ -79,6 +81,41 @@ class IndexedDatasetWriter:
             self.close()
         else:
             self._file.bin_file.close()
+
+
+def _filesystem(path: str) -> tuple[pafs.FileSystem, str]:
+    return (
+        pafs.FileSystem.from_uri(path) if "://" in path else (pafs.LocalFileSystem(), os.path.abspath(path))
+    )
+
+
+def write_indexed_dataset(prefix: str, sizes: np.ndarray, data, dtype: type = np.uint16) -> None:
+    """`<prefix>.bin` and `<prefix>.idx` (local path or object-store URI) of documents whose tokens are
+    already back to back in `data` (bytes of `dtype`), `sizes[i]` tokens each.
+
+    The same bytes as `IndexedDatasetWriter` (tested), written at once: a mix task holds a whole shard,
+    and datatrove's writer appends document by document from Python and reaches object stores only
+    through fsspec's s3fs, which the pipeline does not install (pyarrow's filesystems are used here).
+    """
+    if dtype not in (np.uint16, np.int32):
+        raise ValueError(f"token dtype must be uint16 or int32 (Megatron's choices), got {dtype}")
+    sizes = np.asarray(sizes, dtype=np.int32)
+    n = len(sizes)
+    itemsize = np.dtype(dtype).itemsize
+    if len(data) != int(sizes.sum(dtype=np.int64)) * itemsize:
+        raise ValueError(
+            f"{prefix}: {len(data)} bytes of tokens, but the sizes add up to {sizes.sum()} tokens"
+        )
+    pointers = np.concatenate([[0], np.cumsum(sizes, dtype=np.int64)[:-1]]) if n else np.zeros(0, np.int64)
+    code = {np.uint16: 8, np.int32: 4}[dtype]
+    fs, path = _filesystem(prefix)
+    with fs.open_output_stream(path + ".bin") as f:
+        f.write(data)
+    with fs.open_output_stream(path + ".idx") as f:
+        f.write(_PREAMBLE.pack(HEADER, VERSION, code, n, n + 1))
+        f.write(sizes.tobytes())
+        f.write((pointers * itemsize).tobytes())
+        f.write(np.arange(n + 1, dtype=np.int64).tobytes())
 
 
 class IndexedDataset:
@@ -194,7 +231,10 @@ class PackedSequences:
 MANIFEST = "manifest.json"  # per phase: what the shards hold (DESIGN.md "Contracts")
 MANIFEST_KEYS = ("phase", "tokenizer", "vocab_size", "tokens", "sources", "shards")
 WEIGHT_DIGITS = 6  # blend weights are written rounded to this many decimals
-DOCUMENTS = "documents.parquet"  # per phase: which document of which source sits where in the shards
+# per phase: which document of which source sits where in the shards. A directory of one Parquet part per
+# shard (`documents.parquet/shard_00000.parquet`, written by the task that wrote the shard), which
+# `pyarrow.parquet.read_table` reads as one table; older mixes wrote one file of that name.
+DOCUMENTS = "documents.parquet"
 DOCUMENTS_SCHEMA = pa.schema(
     [
         ("shard", pa.int32()),  # index into the manifest's `shards`
@@ -293,17 +333,16 @@ def data_path(manifest: dict, manifest_file: str) -> str:
 
 
 def write_manifest(out_dir: str, manifest: dict) -> None:
-    """The manifest of a phase written into a local phase directory."""
-    with open(os.path.join(out_dir, MANIFEST), "w", encoding="utf-8") as f:
-        json.dump(manifest, f, indent=2)
+    """The manifest of a phase written into its phase directory (local path or object-store URI)."""
+    fs, path = _filesystem((posixpath.join if "://" in out_dir else os.path.join)(out_dir, MANIFEST))
+    with fs.open_output_stream(path) as f:
+        f.write(json.dumps(manifest, indent=2).encode("utf-8"))
 
 
 def read_manifest(mix_dir: str, phase: str) -> dict:
     """A phase's manifest (local path or object-store URI), checked for the keys a trainer needs."""
     path = manifest_path(mix_dir, phase)
-    fs, p = (
-        pafs.FileSystem.from_uri(path) if "://" in path else (pafs.LocalFileSystem(), os.path.abspath(path))
-    )
+    fs, p = _filesystem(path)
     if fs.get_file_info(p).type != pafs.FileType.File:
         raise ShardError(
             f"{path}: no manifest; the mix stage writes it: run it first (phicurate run CONFIG --stages mix, "

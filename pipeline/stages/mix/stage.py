@@ -1,44 +1,52 @@
 """Stage `mix`: phase-1 and phase-2 token mixes as shuffled Megatron shards with a manifest per phase.
 
-1. Each stage output a recipe names is tokenized once, all of them in one Ray `map_batches` over runs of
-   their Parquet row groups (each task reads its own text; the fast tokenizer's batch encode, EOS after
-   each document); the tokens stream to a Megatron file per stage in the work directory.
-2. Per phase, each source's documents (its `where` rules applied) and their token counts give each source's
-   target (pipeline/recipes.py); whole epochs plus a seeded random subset reach it.
-3. All picks of a phase are shuffled with the seed and written into shards of about `shard_tokens` tokens
-   (`phaseN/shard_00000.bin/.idx`), with `manifest.json` (DESIGN.md "Contracts") and `documents.parquet`
-   (which document of which source sits where: the trainer's per-source view, and the audit trail).
+Nothing per document reaches the driver; it plans from the Parquet footers and handles tallies of fixed
+size and one result per shard:
 
-Documents are ordered by id before sampling, so the shards depend only on the documents and the seed,
-not on how Ray scheduled the tokenization.
+1. **Tokenize.** Each stage output a recipe names is tokenized once, all of them in one Ray `map_batches`
+   over runs of their Parquet row groups (each task reads its own rows; the fast tokenizer's batch
+   encode, EOS after each document). Each task writes its documents' tokens, ids and `where` results as one
+   Parquet part under `_tokenized/` in the stage's work directory (local or object store) and returns its
+   row count.
+2. **Select.** Each document of a source gets a seeded hash, and with it one of 2**16 buckets. Ray tasks
+   tally the tokens per bucket; from these tallies alone the driver fixes each source's cut
+   (`recipes.cut`): whole passes, plus once more every document in the buckets below a bound, whose tokens
+   come within one bucket's tokens of the target and never beyond `max_epochs`.
+3. **Shuffle and write.** Each copy of a taken document gets a seeded 64-bit key; equal ranges of the key
+   are the shards (about `shard_tokens` each). A Ray Data shuffle brings each shard's documents to one
+   task, which orders them by key and writes `phaseN/shard_NNNNN.bin/.idx` and its slice of
+   `documents.parquet`, and returns the shard's tokens per source. The driver writes `manifest.json`.
+
+Hashes and keys depend only on the seed, the phase, the source and each document's id and own source, so
+the shards are byte-identical for the same documents and seed, whatever Ray's scheduling or the cluster.
 """
 
 from __future__ import annotations
 
-import hashlib
 import os
-import shutil
-import tempfile
 import time
+from dataclasses import dataclass
 
 import numpy as np
 import pyarrow as pa
-import pyarrow.fs as pafs
+import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
 from pipeline import storage
 from pipeline.errors import UserError
-from pipeline.shards import (
-    DOCUMENTS,
-    DOCUMENTS_SCHEMA,
-    IndexedDataset,
-    IndexedDatasetWriter,
-    blend_fields,
-    write_manifest,
-)
+from pipeline.shards import DOCUMENTS, DOCUMENTS_SCHEMA, blend_fields, write_indexed_dataset, write_manifest
 from pipeline.stage import Stage, StageContext, StageOutput
 from pipeline.stages.mix.config import MixConfig
-from pipeline.stages.mix.recipes import parse_where, sample_documents, source_targets, where_mask
+from pipeline.stages.mix.recipes import (
+    SELECT_BITS,
+    Cut,
+    buckets,
+    cut,
+    doc_hash,
+    parse_where,
+    source_targets,
+    where_mask,
+)
 from pipeline.tokenizer import (
     encode_plain,
     encoder_from_json,
@@ -47,10 +55,35 @@ from pipeline.tokenizer import (
     token_dtype,
 )
 
-TOKENIZED = pa.schema(
-    [("task", pa.int64()), ("offset", pa.int64()), ("n_tokens", pa.int64()), ("tokens", pa.large_binary())]
-)
 TASK_BYTES = 4 << 20  # the most text per tokenization task: about a second of one core
+TOKENIZED = "_tokenized"  # in the work directory: one Parquet part per tokenization task, removed at the end
+
+
+@dataclass(frozen=True)
+class Pick:
+    """One source of one phase: `k` numbers it (its `where` column in the tokenized parts is `where{k}`)."""
+
+    k: int
+    phase: str
+    phase_index: int
+    name: str
+    stage: str
+    where: tuple[str, ...]
+    max_epochs: float
+
+    def select_key(self, seed: int) -> str:
+        return f"{seed}/{self.phase}/{self.name}/select"
+
+    def shuffle_key(self, seed: int) -> str:
+        return f"{seed}/{self.phase}/{self.name}/shuffle"
+
+
+def _picks(cfg: MixConfig) -> list[Pick]:
+    picks = []
+    for p, (phase, recipe) in enumerate(cfg.recipes().items()):
+        for s in recipe.sources:
+            picks.append(Pick(len(picks), phase, p, s.name, s.stage, tuple(s.where), s.max_epochs))
+    return picks
 
 
 def _columns_needed(cfg: MixConfig, stage: str) -> list[str]:
@@ -71,42 +104,57 @@ def _tokenize(texts: list[str | None], encoder, eos: int, dtype: str) -> tuple[p
     return n_tokens, tokens
 
 
+def _part_path(tokenized: str, stage: str, task: int) -> str:
+    return storage.join(tokenized, f"{stage}-{task:06d}.parquet")
+
+
 class _ReadAndTokenize:
-    """Ray map_batches actor: reads each task's rows straight from Parquet and tokenizes them.
+    """Ray map_batches actor: reads each task's rows straight from Parquet, tokenizes them and writes them
+    as one Parquet part to the output storage; only the task's row count comes back.
 
     Reading inside the tokenizing task (rather than `read_parquet` then `map_batches`) keeps the text out
-    of the object store and drops two operators; only the tokens and each row's task and offset come back.
-    Actors rather than tasks: Ray Data queues the next task at an actor while it runs one, where a
-    stateless task waited ~0.15 s for its core to be handed on (38 s against 22 s for 118 MB on 2 cores).
+    of the object store and drops two operators. Actors rather than tasks: Ray Data queues the next task
+    at an actor while it runs one, where a stateless task waited ~0.15 s for its core to be handed on
+    (38 s against 22 s for 118 MB on 2 cores).
     """
 
-    def __init__(self, spec: str, eos: int, dtype: str, batch_size: int):
+    def __init__(self, spec: str, eos: int, dtype: str, batch_size: int, tokenized: str, columns, picks):
         # One thread per actor: Ray runs one per core, so the tokenizer's own thread pool would oversubscribe.
         os.environ["TOKENIZERS_PARALLELISM"] = "false"
         self.encoder = encoder_from_json(spec)
         self.eos, self.dtype, self.batch_size = eos, dtype, batch_size
+        self.tokenized, self.columns, self.picks = tokenized, columns, picks
 
     def __call__(self, tasks: pa.Table) -> pa.Table:
-        out = []
+        done, rows = [], []
         for t in tasks.to_pylist():
+            stage = t["stage"]
             with _parquet(t["path"]) as pf:
-                table = pf.read_row_groups(range(t["first"], t["last"]), columns=["text"], use_threads=False)
-            texts = table["text"].slice(t["start"], t["stop"] - t["start"]).to_pylist()
+                table = pf.read_row_groups(
+                    range(t["first"], t["last"]), columns=["text", *self.columns[stage]], use_threads=False
+                )
+            table = table.slice(t["start"], t["stop"] - t["start"])
+            texts = table["text"].to_pylist()
+            n_tokens, tokens = [], []
             for i in range(0, len(texts), self.batch_size):
-                n_tokens, tokens = _tokenize(
-                    texts[i : i + self.batch_size], self.encoder, self.eos, self.dtype
-                )
-                out.append(
-                    pa.table(
-                        {
-                            "task": pa.array(np.full(len(tokens), t["task"], np.int64)),
-                            "offset": pa.array(np.arange(i, i + len(tokens), dtype=np.int64)),
-                            "n_tokens": n_tokens,
-                            "tokens": tokens,
-                        }
-                    )
-                )
-        return pa.concat_tables(out) if out else TOKENIZED.empty_table()
+                n, tk = _tokenize(texts[i : i + self.batch_size], self.encoder, self.eos, self.dtype)
+                n_tokens.append(n)
+                tokens.append(tk)
+            part = pa.table(
+                {
+                    "id": pc.cast(table["id"], pa.string()),
+                    "doc_source": pc.cast(table["source"], pa.string()),
+                    "n_tokens": pa.chunked_array(n_tokens, pa.int64()),
+                    "tokens": pa.chunked_array(tokens, pa.large_binary()),
+                }
+            )
+            for k, rules, where in self.picks[stage]:
+                part = part.append_column(f"where{k}", pa.array(where_mask(table, list(rules), where)))
+            fs, path = storage.resolve(_part_path(self.tokenized, stage, t["task"]))
+            pq.write_table(part, path, filesystem=fs)
+            done.append(t["task"])
+            rows.append(part.num_rows)
+        return pa.table({"task": pa.array(done, pa.int64()), "rows": pa.array(rows, pa.int64())})
 
 
 def _read_tasks(files: dict[str, list[str]], cores: int) -> list[dict]:
@@ -174,10 +222,20 @@ def _read_tasks(files: dict[str, list[str]], cores: int) -> list[dict]:
     return tasks
 
 
-def tokenize_sources(ctx: StageContext, tok, work: str) -> dict[str, tuple[pa.Table, IndexedDataset]]:
+def _parquet(path: str) -> pq.ParquetFile:
+    """A Parquet file, on local disk or an object store."""
+    fs, local = storage.resolve(path)
+    return pq.ParquetFile(local, filesystem=fs)
+
+
+def _read_part(path: str, columns: list[str] | None = None) -> pa.Table:
+    fs, local = storage.resolve(path)
+    return pq.read_table(local, columns=columns, filesystem=fs)
+
+
+def tokenize_sources(ctx: StageContext, tok, tokenized: str, picks: list[Pick]) -> list[tuple[str, str]]:
     """Tokenize the kept documents of every stage the recipes read, in one Ray Data pass (one actor pool),
-    into a Megatron file per stage under `work`. Per stage: one row per document (id, source, the columns
-    the recipes filter on, n_tokens, row = its position in the stage's file), ordered by id; and the file."""
+    into Parquet parts under `tokenized`. Returns the parts as (stage, path)."""
     import ray
 
     from pipeline.runner import stage_dir  # the runner imports the stages
@@ -190,18 +248,23 @@ def tokenize_sources(ctx: StageContext, tok, work: str) -> dict[str, tuple[pa.Ta
         if not files[stage]:
             raise UserError(f"{directory}: no Parquet parts; rerun stage '{stage}' with --force")
         with _parquet(files[stage][0]) as pf:
-            names = pf.schema_arrow.names
+            schema = pf.schema_arrow
         keep[stage] = _columns_needed(cfg, stage)
-        absent = [c for c in keep[stage] + ["text"] if c not in names]
+        absent = [c for c in keep[stage] + ["text"] if c not in schema.names]
         if absent:
             raise UserError(
                 f"mix: the output of stage '{stage}' has no column(s) {absent} that the recipes use "
-                f"(columns: {', '.join(names)})"
+                f"(columns: {', '.join(schema.names)})"
             )
+        for p in picks:  # a rule that cannot compare with its column fails here, not in a task
+            if p.stage == stage:
+                where_mask(schema.empty_table(), list(p.where), _where_key(p))
+    by_stage = {s: [(p.k, p.where, _where_key(p)) for p in picks if p.stage == s] for s in files}
     dtype = np.dtype(token_dtype(len(tok))).name
     cores = max(1, int(ray.cluster_resources().get("CPU", 1)))
     tasks = _read_tasks(files, cores)
-    tokenized = ray.data.from_items(
+    storage.make_dir(tokenized)
+    tokenized_ds = ray.data.from_items(
         tasks, override_num_blocks=max(1, min(len(tasks), 16 * cores))
     ).map_batches(
         _ReadAndTokenize,
@@ -214,217 +277,389 @@ def tokenize_sources(ctx: StageContext, tok, work: str) -> dict[str, tuple[pa.Ta
             "eos": tok.eos_token_id,
             "dtype": dtype,
             "batch_size": cfg.batch_size,
+            "tokenized": tokenized,
+            "columns": keep,
+            "picks": by_stage,
         },
     )
-    # Documents are put in id order below, so tasks may finish in any order (a slow one holds nothing up).
-    tokenized.context.execution_options.preserve_order = False
-    stages = list(files)
-    first_row = np.array([t["row"] for t in tasks], np.int64)
-    stage_of = np.array([stages.index(t["stage"]) for t in tasks], np.int64)
-    writers = [
-        IndexedDatasetWriter(os.path.join(work, stage), dtype=np.dtype(dtype).type) for stage in stages
-    ]
-    placed = {
-        stage: [] for stage in stages
-    }  # per batch: the documents' rows in the stage, in its file, their tokens
-    for batch in tokenized.iter_batches(batch_format="pyarrow", batch_size=None) if tasks else []:
-        task = batch["task"].to_numpy()
-        at, stage = first_row[task] + batch["offset"].to_numpy(), stage_of[task]
-        in_file = np.empty(len(task), np.int64)
-        for i, (k, blob) in enumerate(zip(stage.tolist(), batch["tokens"].to_pylist())):
-            in_file[i] = writers[k].docs
-            writers[k].add_document(np.frombuffer(blob, dtype=dtype))
-        for k in np.unique(stage).tolist():
-            mine = stage == k
-            placed[stages[k]].append((at[mine], in_file[mine], batch["n_tokens"].to_numpy()[mine]))
-    out = {}
-    for writer, (stage, paths) in zip(writers, files.items()):
-        writer.close()
-        meta = pa.concat_tables([_read_columns(p, keep[stage]) for p in paths], promote_options="default")
-        at, in_file, n_tokens = (
-            np.concatenate([p[k] for p in placed[stage]]) if placed[stage] else np.zeros(0, np.int64)
-            for k in range(3)
-        )
-        order = np.argsort(at, kind="stable")
-        if len(at) != meta.num_rows or not np.array_equal(at[order], np.arange(meta.num_rows)):
-            raise RuntimeError(
-                f"mix: tokenized {len(at)} documents of stage '{stage}', which has {meta.num_rows}"
+    tokenized_ds.context.execution_options.preserve_order = False  # parts are named by task: any order
+    planned = {t["task"]: t["stop"] - t["start"] for t in tasks}
+    for batch in tokenized_ds.iter_batches(batch_format="pyarrow", batch_size=None) if tasks else []:
+        for task, rows in zip(batch["task"].to_pylist(), batch["rows"].to_pylist()):
+            if planned.pop(task, None) != rows:
+                raise RuntimeError(f"mix: tokenization task {task} returned {rows} rows or ran twice")
+    if planned:
+        raise RuntimeError(f"mix: tokenization tasks {sorted(planned)[:10]} returned nothing")
+    return [(t["stage"], _part_path(tokenized, t["stage"], t["task"])) for t in tasks]
+
+
+def _where_key(p: Pick) -> str:
+    return f"mix.{p.phase}.sources[{p.name}].where"
+
+
+@dataclass
+class Tally:
+    """Per pick: eligible documents and their tokens per hash bucket; rows read, rows without text, rows
+    that failed the `where` rules. Fixed size, whatever the number of documents."""
+
+    docs: np.ndarray
+    tokens: np.ndarray
+    rows: int = 0
+    no_text: int = 0
+    mix_where: int = 0
+
+    def add(self, other: "Tally") -> None:
+        self.docs += other.docs
+        self.tokens += other.tokens
+        self.rows, self.no_text = self.rows + other.rows, self.no_text + other.no_text
+        self.mix_where += other.mix_where
+
+
+def _eligible(part: pa.Table, k: int) -> np.ndarray:
+    return part[f"where{k}"].to_numpy(zero_copy_only=False) & (part["n_tokens"].to_numpy() > 0)
+
+
+def _tally(parts: list[tuple[str, str]], picks: list[Pick], seed: int, bits: int) -> dict[int, Tally]:
+    """The tallies of some tokenized parts (a Ray task: reads only the small columns)."""
+    out = {p.k: Tally(np.zeros(1 << bits, np.int64), np.zeros(1 << bits, np.int64)) for p in picks}
+    for stage, path in parts:
+        mine = [p for p in picks if p.stage == stage]
+        part = _read_part(path, ["id", "doc_source", "n_tokens", *(f"where{p.k}" for p in mine)])
+        n_tok = part["n_tokens"].to_numpy()
+        for p in mine:
+            t, ok = out[p.k], _eligible(part, p.k)
+            where = part[f"where{p.k}"].to_numpy(zero_copy_only=False)
+            t.rows += part.num_rows
+            t.no_text += int((n_tok == 0).sum())
+            t.mix_where += int((~where & (n_tok > 0)).sum())
+            sub = part.filter(pa.array(ok))
+            b = buckets(
+                doc_hash(p.select_key(seed), sub["id"].to_pylist(), sub["doc_source"].to_pylist()), bits
             )
-        meta = meta.append_column("n_tokens", pa.array(n_tokens[order])).append_column(
-            "row", pa.array(in_file[order])
-        )
-        out[stage] = (
-            meta.sort_by([("id", "ascending"), ("source", "ascending")]),
-            IndexedDataset(os.path.join(work, stage)),
-        )
+            t.docs += np.bincount(b, minlength=1 << bits)
+            t.tokens += np.bincount(b, weights=n_tok[ok], minlength=1 << bits).astype(np.int64)
     return out
 
 
-def _read_columns(path: str, columns: list[str]) -> pa.Table:
-    with _parquet(path) as pf:
-        return pf.read(columns=columns)
+def _gather(fn, parts: list[tuple[str, str]], add, *args) -> None:
+    """Run `fn(group of parts, *args)` as a few Ray tasks (4 per CPU) and `add` each result on the driver as
+    it finishes: it holds one reference per task in flight and the running sums, never the parts' rows."""
+    import ray
+
+    cores = max(1, int(ray.cluster_resources().get("CPU", 1)))
+    n = max(1, min(len(parts), 4 * cores))
+    remote = ray.remote(fn)
+    pending = [remote.remote(parts[i::n], *args) for i in range(n)]
+    while pending:
+        done, pending = ray.wait(pending, num_returns=1)
+        add(ray.get(done[0]))
 
 
-def _parquet(path: str) -> pq.ParquetFile:
-    """A stage's Parquet part, on local disk or an object store."""
-    fs, local = storage.resolve(path)
-    return pq.ParquetFile(local, filesystem=fs)
+def tally_sources(parts: list[tuple[str, str]], picks: list[Pick], seed: int, bits: int) -> dict[int, Tally]:
+    """Every pick's tally (hash buckets of its eligible documents), summed over the parts."""
+    total = {p.k: Tally(np.zeros(1 << bits, np.int64), np.zeros(1 << bits, np.int64)) for p in picks}
+
+    def add(result: dict[int, Tally]) -> None:
+        for k, t in result.items():
+            total[k].add(t)
+
+    _gather(_tally, parts, add, picks, seed, bits)
+    return total
 
 
-def write_phase(
-    phase: str,
-    picks: list[tuple[str, np.ndarray, pa.Table, IndexedDataset]],
-    cfg: MixConfig,
-    out_dir: str,
-    tokenizer_name: str,
-    vocab_size: int,
-    available: dict[str, int],
-    location: str | None = None,
-) -> dict:
-    """Shuffle the picks of a phase with the seed, write its shards, documents.parquet and manifest.json.
+def key_tallies(
+    parts, picks: list[Pick], cuts: dict[int, Cut], seed: int, bits: int
+) -> dict[int, np.ndarray]:
+    """Per phase index: the taken tokens per shuffle-key bucket, summed over the parts."""
+    total = {p.phase_index: np.zeros(1 << bits, np.int64) for p in picks}
 
-    `location`: where the phase directory ends up (the stage directory's, not the work directory's, and the
-    object store's URI when the shards are uploaded there): the manifest's blend names the shards there.
-    """
-    os.makedirs(out_dir, exist_ok=True)
-    src = (
-        np.concatenate([np.full(len(idx), i, np.int32) for i, (_, idx, _, _) in enumerate(picks)])
-        if picks
-        else np.zeros(0, np.int32)
-    )
-    doc = np.concatenate([idx for _, idx, _, _ in picks]) if picks else np.zeros(0, np.int64)
-    key = int.from_bytes(hashlib.sha256(f"{cfg.seed}/{phase}/shuffle".encode()).digest()[:8], "little")
-    order = np.random.default_rng(key).permutation(len(doc))
-    dtype = np.dtype(token_dtype(vocab_size)).type
-    shards, shard_tokens, rows = (
-        [],
-        [],
-        {k: [] for k in ("shard", "index", "source", "id", "doc_source", "tokens")},
-    )
-    columns = [(m["row"].to_numpy(), m["id"].to_pylist(), m["source"].to_pylist()) for _, _, m, _ in picks]
-    writer = None
-    for j in order:
-        name, _, _, data = picks[src[j]]
-        rows_of, ids, doc_sources = columns[src[j]]
-        if writer is None or writer.tokens >= cfg.shard_tokens:
-            if writer is not None:
-                writer.close()
-                shard_tokens.append(writer.tokens)
-            shards.append(f"shard_{len(shards):05d}")
-            writer = IndexedDatasetWriter(os.path.join(out_dir, shards[-1]), dtype=dtype)
-        d = int(doc[j])
-        tokens = data.doc(int(rows_of[d]))
-        rows["shard"].append(len(shards) - 1)
-        rows["index"].append(writer.docs)
-        rows["source"].append(name)
-        rows["id"].append(ids[d])
-        rows["doc_source"].append(doc_sources[d])
-        rows["tokens"].append(len(tokens))
-        writer.add_document(tokens)
-    if writer is not None:
-        writer.close()
-        shard_tokens.append(writer.tokens)
-    pq.write_table(pa.table(rows, schema=DOCUMENTS_SCHEMA), os.path.join(out_dir, DOCUMENTS))
-    total = int(sum(shard_tokens))
-    sources = {}
-    for name, idx, meta, _ in picks:
-        tokens = int(meta["n_tokens"].to_numpy()[idx].sum()) if len(idx) else 0
-        sources[name] = {
-            "tokens": tokens,
-            "docs": int(len(idx)),
-            "weight": round(tokens / total, 6) if total else 0.0,
-            "epochs": round(tokens / available[name], 4) if available[name] else 0.0,
+    def add(result: dict[int, np.ndarray]) -> None:
+        for k, hist in result.items():
+            total[k] += hist
+
+    _gather(_key_tally, parts, add, picks, cuts, seed, bits)
+    return total
+
+
+def _copies(part: pa.Table, p: Pick, c: Cut, seed: int, bits: int) -> tuple[pa.Table, np.ndarray, np.ndarray]:
+    """The copies pick `p` takes of a tokenized part's documents: their rows, copy numbers and keys."""
+    sub = part.filter(pa.array(_eligible(part, p.k)))
+    ids, srcs = sub["id"].to_pylist(), sub["doc_source"].to_pylist()
+    copies = c.copies(buckets(doc_hash(p.select_key(seed), ids, srcs), bits))
+    rows = np.repeat(np.arange(sub.num_rows), copies)
+    copy = np.arange(len(rows)) - np.repeat(np.cumsum(copies) - copies, copies)
+    key = doc_hash(p.shuffle_key(seed), [f"{ids[r]}\x00{srcs[r]}" for r in rows], copy.tolist())
+    return sub.take(pa.array(rows, pa.int64())), copy, key
+
+
+def _key_tally(parts, picks: list[Pick], cuts: dict[int, Cut], seed: int, bits: int) -> dict[int, np.ndarray]:
+    """Per phase: the tokens of the taken copies per bucket of the shuffle key (a Ray task)."""
+    out: dict[int, np.ndarray] = {}
+    for stage, path in parts:
+        mine = [p for p in picks if p.stage == stage and cuts[p.k].tokens]
+        part = _read_part(path, ["id", "doc_source", "n_tokens", *(f"where{p.k}" for p in mine)])
+        for p in mine:
+            taken, _, key = _copies(part, p, cuts[p.k], seed, bits)
+            hist = out.setdefault(p.phase_index, np.zeros(1 << bits, np.int64))
+            hist += np.bincount(
+                buckets(key, bits), weights=taken["n_tokens"].to_numpy(), minlength=1 << bits
+            ).astype(np.int64)
+    return out
+
+
+def shard_bounds(key_tokens: np.ndarray, shard_tokens: int) -> np.ndarray:
+    """First key bucket of every shard after the first: a shard closes at the first bucket edge where it
+    holds `shard_tokens` (so each but the last holds at least that, and less than that plus one bucket)."""
+    cum = np.cumsum(key_tokens, dtype=np.int64)
+    bounds, base = [], 0
+    while True:
+        end = int(np.searchsorted(cum, base + shard_tokens, side="left"))  # cum[end] >= base + shard_tokens
+        if end >= len(cum) - 1 or cum[end] == cum[-1]:
+            return np.array(bounds, np.int64)
+        bounds.append(end + 1)
+        base = int(cum[end])
+
+
+def _emit(
+    batch: pa.Table, picks: list[Pick], cuts: dict[int, Cut], bounds: list[np.ndarray], seed: int, bits: int
+) -> pa.Table:
+    """Ray Data map task over tokenized parts: every copy a phase takes of each document, with its shuffle
+    key and its group (phase index << 32 | shard: the shard is the key's range)."""
+    out = []
+    for stage, path in zip(batch["stage"].to_pylist(), batch["path"].to_pylist()):
+        mine = [p for p in picks if p.stage == stage and cuts[p.k].tokens]
+        part = _read_part(path, ["id", "doc_source", "n_tokens", "tokens", *(f"where{p.k}" for p in mine)])
+        for p in mine:
+            taken, copy, key = _copies(part, p, cuts[p.k], seed, bits)
+            shard = np.searchsorted(bounds[p.phase_index], buckets(key, bits), side="right")
+            group = (np.int64(p.phase_index) << np.int64(32)) | shard.astype(np.int64)
+            out.append(
+                taken.select(["id", "doc_source", "n_tokens", "tokens"])
+                .append_column("group", pa.array(group))
+                .append_column("key", pa.array(key))
+                .append_column("source", pa.array([p.name] * taken.num_rows, pa.string()))
+                .append_column("copy", pa.array(copy, pa.int64()))
+            )
+    return pa.concat_tables(out) if out else _EMITTED.empty_table()
+
+
+_EMITTED = pa.schema(
+    [
+        ("id", pa.string()),
+        ("doc_source", pa.string()),
+        ("n_tokens", pa.int64()),
+        ("tokens", pa.large_binary()),
+        ("group", pa.int64()),
+        ("key", pa.uint64()),
+        ("source", pa.string()),
+        ("copy", pa.int64()),
+    ]
+)
+SHARD_ORDER = [(c, "ascending") for c in ("key", "source", "id", "doc_source", "copy")]
+
+
+def shard_name(i: int) -> str:
+    return f"shard_{i:05d}"
+
+
+def _write_shard(group: pa.Table, phase_dirs: list[str], dtype: str) -> pa.Table:
+    """Ray Data map_groups: one shard's documents, ordered by their keys, as `.bin/.idx` and its slice of
+    documents.parquet; returns the shard's documents and tokens per source."""
+    g = group["group"][0].as_py()
+    phase, shard = g >> 32, g & 0xFFFFFFFF
+    t = group.sort_by(SHARD_ORDER)
+    tokens = t["tokens"].combine_chunks()
+    offsets = np.frombuffer(tokens.buffers()[1], np.int64)[tokens.offset : tokens.offset + len(tokens) + 1]
+    data = tokens.buffers()[2].slice(int(offsets[0]), int(offsets[-1] - offsets[0]))
+    prefix = storage.join(phase_dirs[phase], shard_name(shard))
+    write_indexed_dataset(prefix, t["n_tokens"].to_numpy(), data, dtype=np.dtype(dtype).type)
+    _write_documents(phase_dirs[phase], shard, t)
+    summary = t.group_by("source").aggregate([("n_tokens", "sum"), ("n_tokens", "count")])
+    return pa.table(
+        {
+            "group": pa.array([g] * summary.num_rows, pa.int64()),
+            "source": summary["source"],
+            "tokens": summary["n_tokens_sum"],
+            "docs": summary["n_tokens_count"],
         }
-    manifest = {
-        "phase": phase,
-        "tokenizer": tokenizer_name,
-        "vocab_size": vocab_size,
-        "tokens": total,
-        "sources": sources,
-        "shards": shards,
-        **blend_fields(location or out_dir, shards, shard_tokens),
-    }
-    write_manifest(out_dir, manifest)
-    return manifest
+    )
+
+
+def _write_documents(phase_dir: str, shard: int, t: pa.Table) -> None:
+    rows = pa.table(
+        {
+            "shard": pa.array(np.full(t.num_rows, shard, np.int32)),
+            "index": pa.array(np.arange(t.num_rows, dtype=np.int64)),
+            "source": t["source"],
+            "id": t["id"],
+            "doc_source": t["doc_source"],
+            "tokens": t["n_tokens"],
+        },
+        schema=DOCUMENTS_SCHEMA,
+    )
+    fs, path = storage.resolve(storage.join(phase_dir, DOCUMENTS, f"{shard_name(shard)}.parquet"))
+    pq.write_table(rows, path, filesystem=fs)
+
+
+def write_shards(
+    parts: list[tuple[str, str]],
+    picks: list[Pick],
+    cuts: dict[int, Cut],
+    bounds: list[np.ndarray],
+    phase_dirs: list[str],
+    seed: int,
+    dtype: str,
+) -> pa.Table:
+    """The distributed shuffle: Ray Data map tasks emit each taken copy with its key and shard, a hash
+    shuffle brings each shard to one task that writes it. Returns one row per shard and source."""
+    import ray
+
+    cores = max(1, int(ray.cluster_resources().get("CPU", 1)))
+    items = [{"stage": s, "path": p} for s, p in parts]
+    written = (
+        ray.data.from_items(items, override_num_blocks=max(1, min(len(items), 16 * cores)))
+        .map_batches(
+            _emit,
+            batch_format="pyarrow",
+            batch_size=1,
+            fn_kwargs={"picks": picks, "cuts": cuts, "bounds": bounds, "seed": seed, "bits": SELECT_BITS},
+        )
+        .groupby("group", num_partitions=max(1, min(sum(len(b) + 1 for b in bounds), 64 * cores)))
+        .map_groups(
+            _write_shard, batch_format="pyarrow", fn_kwargs={"phase_dirs": phase_dirs, "dtype": dtype}
+        )
+    )
+    rows = written.take_all()
+    return (
+        pa.Table.from_pylist(rows)
+        if rows
+        else pa.table({"group": [], "source": [], "tokens": [], "docs": []})
+    )
 
 
 def run(ctx: StageContext) -> StageOutput:
     cfg: MixConfig = ctx.section
-    # Shards are written (and the tokenized sources memory-mapped) on a local disk; with an object-store
-    # output they are uploaded into the stage's work directory at the end.
-    local = ctx.work_dir if "://" not in ctx.work_dir else tempfile.mkdtemp(prefix="phicurate-mix-")
     tok = load_tokenizer(cfg.tokenizer)
     # a local tokenizer directory is named absolutely, so the manifest resolves from any working directory
     tokenizer_name = os.path.abspath(cfg.tokenizer) if os.path.isdir(cfg.tokenizer) else cfg.tokenizer
     final = storage.join(ctx.output, ctx.stage)  # where the work directory goes on success (runner.stage_dir)
-    tmp = os.path.join(local, "_tokenized")
-    os.makedirs(tmp, exist_ok=True)
+    tokenized = storage.join(ctx.work_dir, TOKENIZED)
+    picks = _picks(cfg)
     t0 = time.perf_counter()
-    tokenized = tokenize_sources(ctx, tok, tmp)
+    parts = tokenize_sources(ctx, tok, tokenized, picks)
+    details: dict = {"tokenize_s": round(time.perf_counter() - t0, 2)}
 
+    t0 = time.perf_counter()
+    tallies = tally_sources(parts, picks, cfg.seed, SELECT_BITS)
     docs_in = docs_out = 0
     dropped: dict[str, int] = {}
-    details: dict = {"tokenize_s": round(time.perf_counter() - t0, 2)}
-    t0 = time.perf_counter()
-    manifests = {}
+    cuts: dict[int, Cut] = {}
+    phases = list(cfg.recipes())
     for phase, recipe in cfg.recipes().items():
-        selected, available = {}, {}
-        for s in recipe.sources:
-            meta, data = tokenized[s.stage]
-            n_tok = meta["n_tokens"].to_numpy()
-            mask = where_mask(meta, s.where, f"mix.{phase}.sources[{s.name}].where")
-            no_text = n_tok == 0
-            chosen = mask & ~no_text
-            docs_in += meta.num_rows
-            for reason, n in (("mix_where", int((~mask & ~no_text).sum())), ("no_text", int(no_text.sum()))):
+        mine = [p for p in picks if p.phase == phase]
+        available = {p.name: int(tallies[p.k].tokens.sum()) for p in mine}
+        targets = source_targets(phase, recipe, available)
+        for p in mine:
+            t = tallies[p.k]
+            cuts[p.k] = c = cut(t.tokens, targets[p.name], p.max_epochs)
+            kept = int(t.docs.sum()) if c.passes else int(t.docs[: c.below].sum())
+            docs_in += t.rows
+            docs_out += kept
+            for reason, n in (
+                ("mix_where", t.mix_where),
+                ("no_text", t.no_text),
+                ("mix_not_sampled", int(t.docs.sum()) - kept),
+            ):
                 if n:
                     dropped[reason] = dropped.get(reason, 0) + n
-            sub = meta.filter(pa.array(chosen))
-            selected[s.name] = (sub, data)
-            available[s.name] = int(sub["n_tokens"].to_numpy().sum())
-        targets = source_targets(phase, recipe, available)
-        picks = []
-        for s in recipe.sources:
-            sub, data = selected[s.name]
-            idx = sample_documents(
-                sub["n_tokens"].to_numpy(), targets[s.name], f"{cfg.seed}/{phase}/{s.name}"
-            )
-            used = len(np.unique(idx))
-            docs_out += used
-            if sub.num_rows - used:
-                dropped["mix_not_sampled"] = dropped.get("mix_not_sampled", 0) + sub.num_rows - used
-            picks.append((s.name, idx, sub, data))
-        manifests[phase] = write_phase(
-            phase,
-            picks,
-            cfg,
-            os.path.join(local, phase),
-            tokenizer_name,
-            len(tok),
-            available,
-            location=storage.join(final, phase),
-        )
+        if not sum(cuts[p.k].tokens for p in mine):
+            raise UserError(f"mix.{phase}: the recipe selects no tokens; raise the phase's tokens")
+        details[phase] = {"targets": targets, "available": available}
+    keys = key_tallies(parts, picks, cuts, cfg.seed, SELECT_BITS)
+    bounds = [shard_bounds(keys[i], cfg.shard_tokens) for i in range(len(phases))]
+    shards = [len(b) + 1 for b in bounds]
+    details["select_s"] = round(time.perf_counter() - t0, 2)
+
+    t0 = time.perf_counter()
+    phase_dirs = [storage.join(ctx.work_dir, phase) for phase in phases]
+    for d in phase_dirs:
+        storage.make_dir(storage.join(d, DOCUMENTS))
+    dtype = np.dtype(token_dtype(len(tok))).name
+    written = write_shards(parts, picks, cuts, bounds, phase_dirs, cfg.seed, dtype)
+    tokens_out = 0
+    for i, phase in enumerate(phases):
+        mine = [p for p in picks if p.phase == phase]
+        totals = _manifest(i, phase, mine, cuts, written, shards[i], phase_dirs[i], details[phase], dtype)
+        shard_tokens = totals.pop("shard_tokens")
+        manifest = {
+            "phase": phase,
+            "tokenizer": tokenizer_name,
+            "vocab_size": len(tok),
+            **totals,
+            **blend_fields(storage.join(final, phase), totals["shards"], shard_tokens),
+        }
+        write_manifest(phase_dirs[i], manifest)
+        tokens_out += manifest["tokens"]
         details[phase] = {
-            "tokens": manifests[phase]["tokens"],
-            "shards": len(manifests[phase]["shards"]),
-            "targets": targets,
-            "available": available,
-            "sources": manifests[phase]["sources"],
+            "tokens": manifest["tokens"],
+            "shards": len(manifest["shards"]),
+            **details[phase],
+            "sources": manifest["sources"],
+            "cuts": {
+                p.name: {
+                    "passes": cuts[p.k].passes,
+                    "buckets_below": cuts[p.k].below,
+                    "tokens": cuts[p.k].tokens,
+                    "tolerance": cuts[p.k].tolerance,
+                }
+                for p in mine
+            },
         }
     details["write_s"] = round(time.perf_counter() - t0, 2)
-    shutil.rmtree(tmp)
-    if local != ctx.work_dir:
-        fs, path = storage.resolve(ctx.work_dir)
-        pafs.copy_files(local, path, source_filesystem=pafs.LocalFileSystem(), destination_filesystem=fs)
-        shutil.rmtree(local)
+    storage.remove_dir(tokenized)
     return StageOutput(
         docs=None,
         docs_in=docs_in,
         docs_out=docs_out,
         dropped=dict(sorted(dropped.items())),
-        tokens_out=sum(m["tokens"] for m in manifests.values()),
+        tokens_out=tokens_out,
         details=details,
     )
+
+
+def _manifest(
+    index: int,
+    phase: str,
+    picks: list[Pick],
+    cuts: dict[int, Cut],
+    written: pa.Table,
+    n_shards: int,
+    phase_dir: str,
+    details: dict,
+    dtype: str,
+) -> dict:
+    """A phase's totals from the shard tasks' rows (every shard holds tokens: `shard_bounds`)."""
+    group = written["group"].to_numpy() if written.num_rows else np.zeros(0, np.int64)
+    rows = written.filter(pa.array((group >> 32) == index)) if written.num_rows else written
+    shard_tokens = np.zeros(n_shards, np.int64)
+    np.add.at(shard_tokens, rows["group"].to_numpy() & 0xFFFFFFFF, rows["tokens"].to_numpy())
+    total = int(shard_tokens.sum())
+    expected = sum(cuts[p.k].tokens for p in picks)
+    if total != expected:
+        raise RuntimeError(f"mix.{phase}: the shards hold {total} tokens, the selection {expected}")
+    sources = {}
+    for p in picks:
+        mine = rows.filter(pc.equal(rows["source"], p.name))
+        tokens, docs = int(pc.sum(mine["tokens"]).as_py() or 0), int(pc.sum(mine["docs"]).as_py() or 0)
+        have = details["available"][p.name]
+        sources[p.name] = {
+            "tokens": tokens,
+            "docs": docs,
+            "weight": round(tokens / total, 6) if total else 0.0,
+            "epochs": round(tokens / have, 4) if have else 0.0,
+        }
+    names = [shard_name(s) for s in range(n_shards)]
+    return {"tokens": total, "sources": sources, "shards": names, "shard_tokens": shard_tokens.tolist()}
 
 
 STAGE = Stage("mix", run, outside_files=lambda config: [config.mix.tokenizer])
