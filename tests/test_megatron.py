@@ -6,7 +6,13 @@ import struct
 import numpy as np
 import pytest
 
-from pipeline.shards import IndexedDataset, IndexedDatasetWriter, PackedSequences, ShardError
+from pipeline.shards import (
+    IndexedDataset,
+    IndexedDatasetWriter,
+    PackedSequences,
+    ShardError,
+    write_indexed_dataset,
+)
 
 DOCS = [[15043, 3186, 32000], [32000], [1, 2, 3, 4, 5, 32000], [29871, 65535, 32000]]
 
@@ -93,3 +99,31 @@ def test_packed_sequences_span_shards_and_cover_the_stream(tmp_path):
     assert np.array_equal(order, packed.order(seed=1))
     big = PackedSequences([str(tmp_path / "a"), str(tmp_path / "b")], seq_len=1)
     assert not np.array_equal(big.order(seed=1), big.order(seed=2))
+
+
+@pytest.mark.parametrize("dtype, docs", [(np.uint16, DOCS), (np.int32, [[100_000, 7], [3]]), (np.uint16, [])])
+def test_write_at_once_gives_the_writers_bytes(tmp_path, dtype, docs):
+    """What the mix's shard tasks write (all of a shard's tokens at once) is byte for byte what datatrove's
+    writer writes document by document."""
+    _write(tmp_path / "writer", docs=docs, dtype=dtype)
+    data = b"".join(np.asarray(d, dtype=dtype).tobytes() for d in docs)
+    write_indexed_dataset(str(tmp_path / "at_once"), [len(d) for d in docs], data, dtype=dtype)
+    for ext in (".bin", ".idx"):
+        assert (tmp_path / f"at_once{ext}").read_bytes() == (tmp_path / f"writer{ext}").read_bytes()
+    with pytest.raises(ValueError, match="sizes add up"):
+        write_indexed_dataset(str(tmp_path / "bad"), [len(d) + 1 for d in docs] or [1], data, dtype=dtype)
+
+
+def test_write_at_once_to_an_object_store(s3_bucket, tmp_path):
+    import pyarrow.fs as pafs
+
+    data = b"".join(np.asarray(d, dtype=np.uint16).tobytes() for d in DOCS)
+    write_indexed_dataset(f"{s3_bucket}/mix/shard", [len(d) for d in DOCS], data)
+    fs, path = pafs.FileSystem.from_uri(f"{s3_bucket}/mix")
+    (tmp_path / "copy").mkdir()
+    pafs.copy_files(
+        path, str(tmp_path / "copy"), source_filesystem=fs, destination_filesystem=pafs.LocalFileSystem()
+    )
+    assert [
+        IndexedDataset(str(tmp_path / "copy" / "shard")).doc(i).tolist() for i in range(len(DOCS))
+    ] == DOCS
