@@ -12,6 +12,7 @@ import io
 import json
 import shutil
 
+import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
@@ -349,3 +350,111 @@ def test_recipe_config_errors_name_the_key(tmp_path, change, expected):
     change(mix)
     with pytest.raises(UserError, match=expected):
         _config(tmp_path, mix)
+
+
+def _received(x) -> int:
+    """How many values an object the driver received holds (rows, array elements, fields)."""
+    if isinstance(x, pa.Table):
+        return x.num_rows
+    if isinstance(x, np.ndarray):
+        return x.size
+    if isinstance(x, dict):
+        return sum(_received(v) for v in x.values())
+    if isinstance(x, (list, tuple)):
+        return sum(_received(v) for v in x)
+    if hasattr(x, "__dataclass_fields__"):
+        return sum(_received(getattr(x, f)) for f in x.__dataclass_fields__)
+    return 1
+
+
+def _count_driver_receipts(monkeypatch) -> list[int]:
+    """Every value that mix's code on the driver takes from Ray (ray.get, a Dataset's rows or batches)."""
+    import sys
+
+    import ray
+
+    got = []
+
+    def from_mix() -> bool:
+        return sys._getframe(2).f_globals.get("__name__", "").startswith("pipeline.stages.mix")
+
+    def wrap(name, make):
+        original = getattr(ray.data.Dataset, name)
+        monkeypatch.setattr(ray.data.Dataset, name, make(original))
+
+    get = ray.get
+
+    def counted_get(*a, **kw):
+        out = get(*a, **kw)
+        if from_mix():
+            got.append(_received(out))
+        return out
+
+    monkeypatch.setattr(ray, "get", counted_get)
+    for name in ("take_all", "take", "to_pandas", "to_arrow_refs", "take_batch"):
+        wrap(name, lambda f: lambda self, *a, **kw: got.append(_received(r := f(self, *a, **kw))) or r)
+
+    def iterating(f):
+        def it(self, *a, **kw):
+            for batch in f(self, *a, **kw):
+                got.append(_received(batch))
+                yield batch
+
+        return it
+
+    for name in ("iter_batches", "iter_rows"):
+        wrap(name, iterating)
+    return got
+
+
+def _tiny_docs_upstream(out, n: int) -> None:
+    words = ["river", "engine", "garden", "violin", "planet", "harbor", "forest", "market"]
+    rows = [
+        {
+            "id": f"d{i:06d}",
+            "text": f"Note {i}: the {words[i % 8]} near the {words[(i * 5) % 8]} was quiet today.",
+            "source": "web/notes",
+            "edu_score": (i % 10) / 10,
+        }
+        for i in range(n)
+    ]
+    _write_stage(out, "dedup", rows, parts=3, row_group_size=200)
+    _write_stage(out, "synth", [{**r, "id": f"s{i:06d}"} for i, r in enumerate(rows[: n // 5])])
+
+
+def test_the_driver_receives_no_per_document_data(ray_local, tmp_path, monkeypatch):
+    """mix over 1,200 and then 3,600 small documents: what the driver takes from Ray (task results,
+    tallies, shard rows) does not grow with the documents. Fails if the driver gathers ids, token counts,
+    hashes or tokens per document (at least one value per document: thousands more at 3N)."""
+    from pipeline.stages.mix import stage as mix
+
+    monkeypatch.setattr(mix, "SELECT_BITS", 4)  # tallies of 16 buckets: small next to the documents
+    recipe = {
+        "tokenizer": str(PHI3_OFFLINE),
+        "seed": 3,
+        "shard_tokens": 10_000_000,
+        "phase1": {"sources": [{"name": "web", "stage": "dedup", "weight": 1.0}]},
+        "phase2": {
+            "sources": [
+                {"name": "edu", "stage": "dedup", "where": ["edu_score >= 0.5"], "weight": 0.7},
+                {"name": "synth", "stage": "synth", "weight": 0.3, "max_epochs": 5},
+            ]
+        },
+    }
+    received = {}
+    for n in (1200, 3600):
+        out = tmp_path / f"n{n}"
+        _tiny_docs_upstream(out, n)
+        got = _count_driver_receipts(monkeypatch)
+        run_pipeline(_config(out, recipe), log=lambda _: None)
+        monkeypatch.undo()
+        monkeypatch.setattr(mix, "SELECT_BITS", 4)
+        rec = read_record(str(out), "mix")
+        assert rec["docs_in"] == 2 * n + n // 5  # every document of each source read
+        assert (
+            sum(len(pq.read_table(out / "mix" / p / "documents.parquet")) for p in ("phase1", "phase2")) > n
+        )
+        received[n] = sum(got)
+    # tallies (16 buckets per source and phase, per tally task), task counts, one row per shard and source
+    assert received[3600] < 3600 / 2, received
+    assert abs(received[3600] - received[1200]) < 1200 / 10, received
