@@ -1,8 +1,11 @@
 """`phicurate tune OUTPUT --signal NAME`: what a threshold on one signal keeps, without recomputing anything.
 
-Reads only the signal columns of annotate's Parquet output, evaluates the other active select rules once,
-then sweeps thresholds over the sorted signal (a binary search per threshold), so a million documents take
-seconds. The counts are those `select` would produce with that threshold (tests/test_tune.py checks it).
+Streams only the signal columns of annotate's Parquet output, a row group at a time, so memory does not
+grow with the corpus: a first pass totals the documents and words, evaluates the other active select rules
+and keeps a seeded sample of the signal's values (for the default threshold grid, its quantiles); a second
+pass counts exactly, per threshold, what passes (a binary search per threshold in each batch) and fills the
+histogram. The counts are those `select` would produce with that threshold (tests/test_tune.py checks it).
+`--samples` reads back the text of only the documents it prints.
 """
 
 from __future__ import annotations
@@ -10,17 +13,22 @@ from __future__ import annotations
 import os
 import sys
 from dataclasses import dataclass
+from typing import Iterator
 
 import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
 import pyarrow.dataset as pads
+import pyarrow.parquet as pq
 
 from pipeline import storage
 from pipeline.errors import UserError
 from pipeline.stages.select import rules
 
 WORDS = "n_words"  # whitespace words per document, the runner's token count
+GRID_SAMPLE = 1_000_000  # signal values the default threshold grid's quantiles are taken from (seeded)
+SEED = 0
+HIST_BINS = 60
 
 
 @dataclass
@@ -83,66 +91,158 @@ def annotate_files(output: str) -> list[str]:
     return files
 
 
-def read_signals(output: str, columns: list[str]) -> pa.Table:
-    """Only the named columns of annotate's output, plus the row position for reading samples back."""
+def _dataset(output: str) -> pads.Dataset:
     files = annotate_files(output)
     fs, _ = storage.resolve(files[0])
-    ds = pads.dataset([storage.resolve(f)[1] for f in files], format="parquet", filesystem=fs)
-    missing = [c for c in columns if c not in ds.schema.names]
+    return pads.dataset([storage.resolve(f)[1] for f in files], format="parquet", filesystem=fs)
+
+
+def check_columns(output: str, columns: list[str]) -> pa.Schema:
+    """annotate's schema, once every named column is in it."""
+    schema = _dataset(output).schema
+    missing = [c for c in columns if c not in schema.names]
     if missing:
         hint = " (edu_score needs annotate.edu_model)" if "edu_score" in missing else ""
         raise UserError(
-            f"{output}/annotate has no column(s) {missing}{hint}; numeric signals: "
-            f"{numeric_columns(ds.schema)}"
+            f"{output}/annotate has no column(s) {missing}{hint}; numeric signals: {numeric_columns(schema)}"
         )
-    return ds.to_table(columns=columns)
+    return schema
+
+
+def read_signals(output: str, columns: list[str]) -> pa.Table:
+    """Only the named columns of annotate's output, in row order (the server holds them in memory)."""
+    check_columns(output, columns)
+    return _dataset(output).to_table(columns=columns)
+
+
+def batches(output: str, columns: list[str]) -> Iterator[pa.Table]:
+    """The named columns of annotate's output a row group at a time, in row order (file by file)."""
+    for uri in annotate_files(output):
+        fs, path = storage.resolve(uri)
+        with fs.open_input_file(path) as f:
+            pf = pq.ParquetFile(f)
+            for i in range(pf.num_row_groups):
+                yield pf.read_row_group(i, columns=columns)
+
+
+def read_rows(output: str, rows: list[int], columns: list[str]) -> list[dict]:
+    """The named columns of the documents at these row positions, reading only the row groups that hold
+    them (found from the footers)."""
+    want = sorted(set(rows))
+    got: dict[int, dict] = {}
+    start = 0
+    for uri in annotate_files(output):
+        fs, path = storage.resolve(uri)
+        with fs.open_input_file(path) as f:
+            pf = pq.ParquetFile(f)
+            for i in range(pf.num_row_groups):
+                n = pf.metadata.row_group(i).num_rows
+                inside = [r for r in want if start <= r < start + n]
+                if inside:
+                    t = pf.read_row_group(i, columns=columns).take(pa.array([r - start for r in inside]))
+                    got.update(zip(inside, t.to_pylist()))
+                start += n
+    return [got[r] for r in rows]
+
+
+def _total_rows(output: str) -> int:
+    total = 0
+    for uri in annotate_files(output):
+        fs, path = storage.resolve(uri)
+        with fs.open_input_file(path) as f:
+            total += pq.ParquetFile(f).metadata.num_rows
+    return total
 
 
 def numeric_columns(schema: pa.Schema) -> list[str]:
     return [f.name for f in schema if pa.types.is_integer(f.type) or pa.types.is_floating(f.type)]
 
 
+def _scan(output: str, signal: str, others: list[rules.Rule]) -> Iterator[tuple[np.ndarray, ...]]:
+    """(values, words, passing) per batch: the signal as float (nulls NaN: they never fail, as in select),
+    each document's words, and whether it passes every other rule."""
+    for t in batches(output, list(dict.fromkeys([signal, WORDS, *rules.columns(others)]))):
+        passing = np.ones(t.num_rows, dtype=bool)
+        for r in others:
+            passing &= ~r.fails(t).to_numpy(zero_copy_only=False)
+        values = pc.cast(t[signal], pa.float64()).to_numpy(zero_copy_only=False)
+        yield values, t[WORDS].to_numpy(zero_copy_only=False).astype(np.int64), passing
+
+
+@dataclass
+class Histogram:
+    edges: np.ndarray
+    all: np.ndarray  # documents per bin
+    passing: np.ndarray  # ... of those passing the other rules
+
+
 def sweep(
-    table: pa.Table,
+    output: str,
     signal: str,
     rule: rules.Rule | None,
     keep_above: bool,
     others: list[rules.Rule],
     at: list[float] | None,
     steps: int = 20,
-) -> tuple[Sweep, np.ndarray]:
-    """Docs and words kept for each threshold; also returns the mask of documents passing the other rules."""
-    if not (pa.types.is_integer(table[signal].type) or pa.types.is_floating(table[signal].type)):
-        raise UserError(f"--signal {signal}: not a numeric column ({table[signal].type})")
-    words = table[WORDS].to_numpy(zero_copy_only=False).astype(np.int64)
-    passing = np.ones(len(table), dtype=bool)
-    for r in others:
-        passing &= ~r.fails(table).to_numpy(zero_copy_only=False)
-    values = pc.cast(table[signal], pa.float64()).to_numpy(
-        zero_copy_only=False
-    )  # nulls become NaN: never fail, as in select
-    v, w = values[passing], words[passing]
-    order = np.argsort(v, kind="stable")
-    v, w = v[order], w[order]
-    finite = ~np.isnan(v)
-    v_sorted, cum = v[finite], np.concatenate([[0], np.cumsum(w[finite])])
+) -> tuple[Sweep, Histogram]:
+    """Docs and words kept for each threshold, counted exactly in two streaming passes; and the histogram."""
+    field = check_columns(output, list(dict.fromkeys([signal, WORDS, *rules.columns(others)]))).field(signal)
+    if not (pa.types.is_integer(field.type) or pa.types.is_floating(field.type)):
+        raise UserError(f"--signal {signal}: not a numeric column ({field.type})")
+    docs = words = others_docs = others_words = 0
+    lo, hi = np.inf, -np.inf
+    total = _total_rows(output)
+    p = min(1.0, GRID_SAMPLE / total) if total else 1.0
+    rng = np.random.default_rng(SEED)
+    grid_values = []
+    for v, w, ok in _scan(output, signal, others):
+        docs += len(v)
+        words += int(w.sum())
+        others_docs += int(ok.sum())
+        others_words += int(w[ok].sum())
+        finite = v[~np.isnan(v)]
+        if len(finite):
+            lo, hi = min(lo, float(finite.min())), max(hi, float(finite.max()))
+        chosen = v[ok & ~np.isnan(v)]
+        grid_values.append(chosen if p == 1.0 else chosen[rng.random(len(chosen)) < p])
     current = rule.threshold if rule is not None else None
     if at:
         thresholds = sorted(at)
     else:  # the signal's quantiles among documents passing the other rules, and the configured threshold
-        grid = set(np.quantile(v_sorted, np.linspace(0, 1, steps + 1)).tolist()) if len(v_sorted) else set()
+        sampled = np.concatenate(grid_values) if grid_values else np.array([])
+        grid = set(np.quantile(sampled, np.linspace(0, 1, steps + 1)).tolist()) if len(sampled) else set()
         thresholds = sorted(grid | ({current} if current is not None else set()))
-    rows = []
-    for t in thresholds:
+    del grid_values
+    if lo > hi:
+        lo, hi = 0.0, 1.0
+    elif lo == hi:  # as numpy's histogram_bin_edges does for a constant
+        lo, hi = lo - 0.5, hi + 0.5
+    hist = Histogram(
+        np.linspace(lo, hi, HIST_BINS + 1), np.zeros(HIST_BINS, np.int64), np.zeros(HIST_BINS, np.int64)
+    )
+    failed_n = np.zeros(len(thresholds), np.int64)
+    failed_w = np.zeros(len(thresholds), np.int64)
+    ts = np.array(thresholds, dtype=float)
+    for v, w, ok in _scan(output, signal, others):
+        finite = ~np.isnan(v)
+        hist.all += np.histogram(v[finite], hist.edges)[0]
+        hist.passing += np.histogram(v[finite & ok], hist.edges)[0]
+        sel = ok & finite
+        order = np.argsort(v[sel], kind="stable")
+        vs, cum = v[sel][order], np.concatenate([[0], np.cumsum(w[sel][order])])
         if keep_above:  # a document fails when value < t
-            failed_n = int(np.searchsorted(v_sorted, t, side="left"))
-            failed_w = int(cum[failed_n])
+            k = np.searchsorted(vs, ts, side="left")
+            failed_n += k
+            failed_w += cum[k]
         else:  # fails when value > t
-            first = int(np.searchsorted(v_sorted, t, side="right"))
-            failed_n, failed_w = len(v_sorted) - first, int(cum[-1] - cum[first])
-        rows.append((float(t), len(v) - failed_n, int(w.sum()) - failed_w))
-    s = Sweep(signal, keep_above, current, len(table), int(words.sum()), len(v), int(w.sum()), rows)
-    return s, passing
+            k = np.searchsorted(vs, ts, side="right")
+            failed_n += len(vs) - k
+            failed_w += cum[-1] - cum[k]
+    rows = [
+        (float(t), others_docs - int(n), others_words - int(fw))
+        for t, n, fw in zip(thresholds, failed_n, failed_w)
+    ]
+    return Sweep(signal, keep_above, current, docs, words, others_docs, others_words, rows), hist
 
 
 def print_sweep(s: Sweep, out=None) -> None:
@@ -171,20 +271,19 @@ def print_sweep(s: Sweep, out=None) -> None:
         print(f"* current threshold in the config: {s.signal} {side} {s.current}", file=out)
 
 
-def plot(table: pa.Table, s: Sweep, passing: np.ndarray, path: str) -> None:
+def plot(s: Sweep, hist: Histogram, path: str) -> None:
     """Histogram of the signal over all documents and over those passing the other rules; threshold marked."""
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    values = pc.cast(table[s.signal], pa.float64()).to_numpy(zero_copy_only=False)
-    ok = ~np.isnan(values)
     fig, ax = plt.subplots(figsize=(8, 4.5))
-    if ok.any():
-        bins = np.histogram_bin_edges(values[ok], bins=60)
-        ax.hist(values[ok], bins=bins, color="#c0c0c0", label="all annotated documents")
-        ax.hist(values[ok & passing], bins=bins, color="#3070b0", label="passing the other select rules")
+    if hist.all.any():
+        ax.stairs(hist.all, hist.edges, fill=True, color="#c0c0c0", label="all annotated documents")
+        ax.stairs(
+            hist.passing, hist.edges, fill=True, color="#3070b0", label="passing the other select rules"
+        )
     if s.current is not None:
         ax.axvline(
             s.current,
@@ -203,29 +302,33 @@ def plot(table: pa.Table, s: Sweep, passing: np.ndarray, path: str) -> None:
     plt.close(fig)
 
 
-def samples(
-    output: str, table: pa.Table, s: Sweep, passing: np.ndarray, threshold: float, n: int, out=None
-) -> None:
-    """The n documents (passing the other rules) just on each side of the threshold, read back by row
-    position."""
+def samples(output: str, s: Sweep, others: list[rules.Rule], threshold: float, n: int, out=None) -> None:
+    """The n documents (passing the other rules) just on each side of the threshold: the nearest values
+    kept while streaming (ties in row order, as a stable sort gives), their text read back by row position."""
     out = out or sys.stdout
-    values = pc.cast(table[s.signal], pa.float64()).to_numpy(zero_copy_only=False)
-    idx = np.flatnonzero(passing & ~np.isnan(values))
-    order = idx[np.argsort(values[idx], kind="stable")]
-    split = int(np.searchsorted(values[order], threshold, side="left" if s.keep_above else "right"))
-    below, above = order[max(0, split - n) : split], order[split : split + n]
-    files = annotate_files(output)
-    fs, _ = storage.resolve(files[0])
-    ds = pads.dataset([storage.resolve(f)[1] for f in files], format="parquet", filesystem=fs)
-    for label, rows in (("just below", below[::-1]), ("just above", above)):
+    below_v, below_r = np.array([]), np.array([], np.int64)  # the n largest (value, row) below
+    above_v, above_r = np.array([]), np.array([], np.int64)  # the n smallest at or above
+    start = 0
+    for v, _, ok in _scan(output, s.signal, others):
+        idx = np.flatnonzero(ok & ~np.isnan(v))
+        vals, rows = v[idx], idx + start
+        start += len(v)
+        is_below = vals < threshold if s.keep_above else vals <= threshold
+        bv, br = np.concatenate([below_v, vals[is_below]]), np.concatenate([below_r, rows[is_below]])
+        o = np.lexsort((br, bv))[-n:] if n else np.array([], np.int64)
+        below_v, below_r = bv[o], br[o]
+        av, ar = np.concatenate([above_v, vals[~is_below]]), np.concatenate([above_r, rows[~is_below]])
+        o = np.lexsort((ar, av))[:n]
+        above_v, above_r = av[o], ar[o]
+    for label, vals, rows in (("just below", below_v[::-1], below_r[::-1]), ("just above", above_v, above_r)):
         kept = "kept" if (label == "just above") == s.keep_above else "dropped"
         print(f"\n--- {len(rows)} documents {label} {threshold:g} ({kept}) ---", file=out)
         if not len(rows):
             continue
-        docs = ds.take(pa.array(rows), columns=["id", "source", "text"]).to_pylist()
-        for r, d in zip(rows, docs):
-            text = " ".join((d["text"] or "").split())[:300]
-            print(f"[{s.signal}={values[r]:.6g}] {d['id']} ({d['source']}): {text}", file=out)
+        docs = read_rows(output, [int(r) for r in rows], ["id", "source", "text"])
+        for value, d in zip(vals, docs):
+            text = " ".join((d.get("text") or "").split())[:300]
+            print(f"[{s.signal}={value:.6g}] {d['id']} ({d['source']}): {text}", file=out)
 
 
 def tune(
@@ -243,17 +346,16 @@ def tune(
     rule_list = rules.rules(cfg)
     column, rule, keep_above = pick_rule(rule_list, signal, keep)
     others = [r for r in rule_list if r is not rule]
-    table = read_signals(output, list(dict.fromkeys([column, WORDS, *rules.columns(others)])))
-    s, passing = sweep(table, column, rule, keep_above, others, at)
+    s, hist = sweep(output, column, rule, keep_above, others, at)
     print_sweep(s, out)
     plot_path = plot_path or storage.join(output, "tune", f"{column}.png")
-    plot(table, s, passing, plot_path)
+    plot(s, hist, plot_path)
     print(f"histogram: {plot_path}", file=out)
     if n_samples:
         threshold = at[0] if at else s.current
         if threshold is None:
             raise UserError(f"--samples: no threshold for {column} in the config; give one with --at")
-        samples(output, table, s, passing, threshold, n_samples, out)
+        samples(output, s, others, threshold, n_samples, out)
     return s
 
 
