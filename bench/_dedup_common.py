@@ -140,11 +140,11 @@ def run_ours(docs: pa.Table, cfg, write_to: str | None = None, inp: str | None =
         ds = ray.data.read_parquet(inp).map_batches(_stage_columns, batch_format="pyarrow")
     else:
         ds = ray.data.from_arrow(_stage_columns(docs)).repartition(max(2, docs.num_rows // 500))
-    out, _ = dedup_dataset(ds, cfg)
-    out = out.materialize()
-    if write_to:
-        out.write_parquet(write_to)
-    res = out.select_columns(["id", "dup_cluster", "dup_cluster_size"]).to_pandas()
+    with tempfile.TemporaryDirectory(prefix="phicurate-dedup-steps-") as work:  # the steps' files
+        out, _ = dedup_dataset(ds, cfg, work)
+        if write_to:
+            out.write_parquet(write_to)
+        res = out.select_columns(["id", "dup_cluster", "dup_cluster_size"]).to_pandas()
     lab = {
         i: (c if s > 1 else None) for i, c, s in zip(res["id"], res["dup_cluster"], res["dup_cluster_size"])
     }

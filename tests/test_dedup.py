@@ -6,6 +6,7 @@ from __future__ import annotations
 import io
 import json
 import random
+import tempfile
 
 import pyarrow as pa
 import pyarrow.parquet as pq
@@ -14,7 +15,7 @@ import zstandard
 from datasketch import MinHashLSH
 
 from pipeline.config import parse_config
-from pipeline.runner import write_docs
+from pipeline.parts import write_dataset
 from pipeline.stage import StageContext
 from pipeline.stages.dedup import stage as dedup_stage
 from pipeline.stages.dedup.config import DedupConfig
@@ -73,8 +74,9 @@ def run(
     cfg = cfg or DedupConfig()
     ds = ray.data.from_arrow(docs).repartition(blocks)
     ref = ray.data.from_arrow(reference) if reference is not None else None
-    out, _ = dedup_dataset(ds, cfg, reference=ref)
-    return {r["id"]: r for r in out.take_all()}
+    with tempfile.TemporaryDirectory(prefix="dedup-test-") as work_dir:
+        out, _ = dedup_dataset(ds, cfg, work_dir, reference=ref)
+        return {r["id"]: r for r in out.take_all()}
 
 
 def test_band_math_matches_fineweb_and_datasketch():
@@ -163,9 +165,9 @@ def test_stage_accounting_identity_and_outputs(ray_local, tmp_path):
     upstream = {"select": ray_local.data.from_arrow(table(docs))}
     ctx = StageContext("dedup", config, str(tmp_path), str(tmp_path / "work"), upstream.__getitem__)
     result = dedup_stage.run(ctx)
-    docs_out, dropped, _ = write_docs(result.docs, ctx.work_dir)
-    assert len(docs) == docs_out + sum(dropped.values())
-    assert dropped == {"exact_dup": 2, "near_dup": 1}
+    written = write_dataset(result.docs, ctx.work_dir)
+    assert len(docs) == written.docs_out + sum(written.dropped.values())
+    assert written.dropped == {"exact_dup": 2, "near_dup": 1}
     kept = pq.read_table(sorted((tmp_path / "work").glob("*.parquet")))
     assert {"dup_cluster", "dup_cluster_size"} <= set(kept.column_names)
     assert "drop_reason" not in kept.column_names

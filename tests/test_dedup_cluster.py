@@ -1,4 +1,5 @@
-"""Dedup on a real two-node Ray cluster (2 nodes x 1 CPU) gives the same output as in-process."""
+"""Dedup on a real two-node Ray cluster (2 nodes x 1 CPU) gives the same output as in-process (both nodes
+on this machine, so the steps' work directory is shared as a cluster's storage would be)."""
 
 from __future__ import annotations
 
@@ -27,7 +28,7 @@ cluster.add_node(num_cpus=1)
 cluster.wait_for_nodes()
 ray.init(address=cluster.address, log_to_driver=False)
 assert len(ray.nodes()) == 2, ray.nodes()
-out, _ = dedup_dataset(ray.data.read_parquet(sys.argv[1]).repartition(4), DedupConfig())
+out, _ = dedup_dataset(ray.data.read_parquet(sys.argv[1]).repartition(4), DedupConfig(), sys.argv[3])
 out.write_parquet(sys.argv[2])
 ray.shutdown()
 cluster.shutdown()
@@ -60,11 +61,13 @@ def test_two_node_cluster_matches_in_process(ray_local, tmp_path):
     inp = tmp_path / "input.parquet"
     pq.write_table(table, inp)
 
-    local, _ = dedup_dataset(ray_local.data.read_parquet(str(inp)).repartition(3), DedupConfig())
+    local, _ = dedup_dataset(
+        ray_local.data.read_parquet(str(inp)).repartition(3), DedupConfig(), str(tmp_path / "work-local")
+    )
     local.write_parquet(str(tmp_path / "local"))
     env = {k: v for k, v in os.environ.items() if k != "RAY_ADDRESS"}
     r = subprocess.run(
-        [sys.executable, "-c", CLUSTER_RUN, str(inp), str(tmp_path / "cluster")],
+        [sys.executable, "-c", CLUSTER_RUN, str(inp), str(tmp_path / "cluster"), str(tmp_path / "work")],
         env=env,
         capture_output=True,
         text=True,

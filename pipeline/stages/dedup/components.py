@@ -15,18 +15,23 @@ exactly a forest of stars centred on their smallest node.
 
 from __future__ import annotations
 
+from typing import Callable
+
 import pyarrow as pa
 import pyarrow.compute as pc
-import ray
 
-from pipeline.stages.dedup.shuffle import PART, by_part, part_of, tally
+from pipeline import storage
+from pipeline.stages.dedup.shuffle import PART, Source, files, gather, part_of, scatter
+from pipeline.stages.dedup.steps import Steps
 
 CLUSTER_SCHEMA = pa.schema([("rank", pa.string()), ("root", pa.string()), ("size", pa.int64())])
 MAX_ROUNDS = 64  # O(log^2 n) rounds are proven; a chain of 10^9 nodes needs far fewer than this
 
 
-def _large_star_rows(t: pa.Table, partitions: int) -> pa.Table:
-    """Every edge from both ends, as (u, v), partitioned by u."""
+def _large_star_rows(t: pa.Table, partitions: int, select=None) -> pa.Table:
+    """Every edge (of `select(t)`, if given) from both ends, as (u, v), partitioned by u."""
+    if select is not None:
+        t = select(t)
     u = pa.chunked_array(t["a"].chunks + t["b"].chunks, pa.string())
     v = pa.chunked_array(t["b"].chunks + t["a"].chunks, pa.string())
     return pa.table({PART: part_of(u, partitions), "u": u, "v": v})
@@ -76,38 +81,67 @@ def _sizes(t: pa.Table) -> pa.Table:
     return pa.concat_tables([leaves.cast(CLUSTER_SCHEMA), centres.cast(CLUSTER_SCHEMA)])
 
 
-def _step(ds: "ray.data.Dataset", rows, reduce, partitions: int) -> "ray.data.Dataset":
-    """`rows` tags each row with its partition, `reduce` runs on each partition."""
-    return by_part(
-        ds.map_batches(rows, batch_format="pyarrow", fn_kwargs={"partitions": partitions}), partitions, reduce
-    )
+STAR_ROWS = pa.schema([("u", pa.string()), ("v", pa.string())])
+STAR_EDGES = pa.schema([("a", pa.string()), ("b", pa.string()), ("changed", pa.bool_())])
+SIZE_ROWS = pa.schema([("a", pa.string()), ("b", pa.string())])
 
 
-def _changed(t: pa.Table) -> dict[str, int]:
-    return {"changed": pc.sum(t["changed"]).as_py() or 0}
+def _shuffle(
+    steps: Steps, step: str, sources: list[Source], partitions: int, schema: pa.Schema, fn
+) -> tuple[list[str], dict[str, int]]:
+    """One committed shuffle: the sources scattered by node, `fn` over each partition; its output files
+    and counts."""
+
+    def compute(d: str) -> dict[str, int]:
+        scatter(sources, partitions, storage.join(d, "in"))
+        return gather(partitions, {"t": (storage.join(d, "in"), schema)}, fn, storage.join(d, "out"))
+
+    counts = steps.run(step, compute)
+    return files(steps.dir(step, "out")), counts
+
+
+def _large_star_step(t: pa.Table) -> tuple[pa.Table, dict[str, int]]:
+    return _large_star(t), {}
+
+
+def _small_star_step(t: pa.Table) -> tuple[pa.Table, dict[str, int]]:
+    out = _small_star(t)
+    return out, {"changed": pc.sum(out["changed"]).as_py() or 0}
+
+
+def _sizes_step(t: pa.Table) -> tuple[pa.Table, dict[str, int]]:
+    out = _sizes(t)
+    return out, {"roots": pc.sum(pc.equal(out["rank"], out["root"])).as_py() or 0}
 
 
 def clusters(
-    pairs: "ray.data.Dataset", partitions: int, max_rounds: int = MAX_ROUNDS
-) -> tuple["ray.data.Dataset", int]:
-    """(rank, root, size) for every node of `pairs` (columns a, b: rank strings), as a Dataset: root is
-    the smallest rank of the node's component, size the number of nodes in it; and the rounds it took
-    (the last one confirms that nothing changes; 0 without edges). `pairs` has no self-loops. Each round is
-    materialized (in the object store, which spills to disk) so that the next one does not recompute it."""
-    edges = pairs.select_columns(["a", "b"]).materialize()
-    if edges.count() == 0:  # Ray's hash shuffle cannot partition a Dataset without a single row
-        return ray.data.from_arrow(CLUSTER_SCHEMA.empty_table()), 0
+    steps: Steps, edges: list[tuple[str, Callable]], partitions: int, max_rounds: int = MAX_ROUNDS
+) -> tuple[list[str], dict[str, int]]:
+    """Files of (rank, root, size) rows for every node of the graph whose edges the `edges` sources give
+    (each function returns columns a, b: rank strings, no self-loops): root is the smallest rank of the
+    node's component, size the number of nodes in it; and counts: `docs_with_duplicates`, `clusters`,
+    `cc_rounds` (the rounds it took; the last one confirms that nothing changes). Each shuffle of each
+    round is a committed step (`cc<round>-large`, `cc<round>-small`), so a rerun resumes after the last
+    committed one."""
+    sources = [(f, _large_star_rows, {"select": fn}) for f, fn in edges]
     for rounds in range(1, max_rounds + 1):  # noqa: B007 (returned: the rounds it took)
-        edges = _step(
-            _step(edges, _large_star_rows, _large_star, partitions), _small_star_rows, _small_star, partitions
+        large, _ = _shuffle(steps, f"cc{rounds}-large", sources, partitions, STAR_ROWS, _large_star_step)
+        sources = [(f, _small_star_rows, {}) for f in large]
+        small, counts = _shuffle(
+            steps, f"cc{rounds}-small", sources, partitions, STAR_EDGES, _small_star_step
         )
-        edges = edges.materialize()
-        changed = tally(edges, _changed).get("changed", 0)
-        if not changed:
+        sources = [(f, _large_star_rows, {}) for f in small]
+        if not counts.get("changed"):
             break
     else:
         raise RuntimeError(
             f"dedup: connected components did not converge in {max_rounds} large-star/small-star rounds "
-            f"({changed} edges still changing)"
+            f"({counts.get('changed')} edges still changing)"
         )
-    return _step(edges, _size_rows, _sizes, partitions), rounds
+    sizes = [(f, _size_rows, {}) for f in small]
+    out, counts = _shuffle(steps, "clusters", sizes, partitions, SIZE_ROWS, _sizes_step)
+    return out, {
+        "docs_with_duplicates": counts.get("rows", 0),
+        "clusters": counts.get("roots", 0),
+        "cc_rounds": rounds,
+    }

@@ -1,27 +1,30 @@
 """dedup_dataset: exact then MinHash-LSH near-duplicate removal over a Ray Dataset.
 
-Every step is a Ray Dataset operation and every table a Dataset: documents, edges and clusters are never
-gathered on the driver, which only receives counts (one small row per block). Shuffles are by hash
-partition (shuffle.py), so memory is bounded by a partition, not by the corpus.
+Documents, edges and clusters are never gathered on the driver, which only receives counts (one small dict
+per task). Every global step is a hash-partitioned shuffle through files in the stage's work directory
+(shuffle.py), so memory per task is bounded by a partition, not by the corpus, and each step is committed
+(steps.py): a rerun after a kill reuses the committed steps and redoes only the rest.
 
-1. keys (map_batches): per document its rank (keep order), then one row for the hash of its normalized
-   text and one per LSH band key of its MinHash signature; the text is not carried further.
-2. buckets (shuffle by key, lsh.py): a bucket with more than one document gives star edges to its first
-   document.
+1. keys (map_batches over the documents): per document its rank (keep order), then one row for the hash
+   of its normalized text and one per LSH band key of its MinHash signature, spread by key; the documents
+   themselves (with their rank) spread by rank, for step 5. The only pass over the input.
+2. edges (by key, lsh.py): a bucket with more than one document gives star edges to its first document.
 3. verify (only with `verify_threshold`; two shuffles by node): each distinct near-duplicate pair meets
    the texts of its two documents and is dropped when the true Jaccard similarity of their word n-gram
    shingle sets is below the threshold. Exact pairs are not checked.
-4. clusters (components.py): connected components by large-star/small-star rounds; root = the smallest
-   rank of the component, i.e. the document kept.
-5. assign (one shuffle by rank): each document meets its node row (root, size) and exact-copy row, if
-   any, and gets drop_reason/drop_detail, dup_cluster, dup_cluster_size. Row order is not kept.
+4. clusters (components.py): connected components by large-star/small-star rounds (each shuffle its own
+   step); root = the smallest rank of the component, i.e. the document kept.
+5. assign (by rank): each document meets its node row (root, size) and exact-copy row, if any, and gets
+   drop_reason/drop_detail, dup_cluster, dup_cluster_size. Row order is not kept.
 
-The joins of steps 3 and 5 are hash-partitioned `groupby`s over a union of both sides rather than
-`Dataset.join`, which needs polars (not a dependency here).
+The joins of steps 3 and 5 are partition-local pyarrow joins rather than `Dataset.join`, which needs
+polars (not a dependency here).
 """
 
 from __future__ import annotations
 
+import functools
+import hashlib
 import math
 from typing import TYPE_CHECKING
 
@@ -29,28 +32,27 @@ import pyarrow as pa
 import pyarrow.compute as pc
 import ray
 
+from pipeline import storage
 from pipeline.stages.dedup import components, lsh
 from pipeline.stages.dedup.minhash import RANK_PREFIX, band_keys, exact_key, rank_keys, shingles, signatures
-from pipeline.stages.dedup.shuffle import PART, by_part, part_of, tally
+from pipeline.stages.dedup.shuffle import PART, files, gather, name_of, part_of, scatter, scatter_table
+from pipeline.stages.dedup.steps import Steps
 
 if TYPE_CHECKING:
     from pipeline.stages.dedup.config import DedupConfig
 
 ROWS_PER_PARTITION = 1_000_000  # key rows one shuffle partition holds at most (about 100 MB)
+# Documents per keys task: each writes one file per partition it has rows for, so larger batches mean
+# fewer files (and tasks) per step; about 15 key rows per document.
+KEY_BATCH_ROWS = 16_384
 OUT_COLUMNS = ("dup_cluster", "dup_cluster_size", "drop_reason", "drop_detail")
-# Columns the assign shuffle adds to the documents; node rows fill ROOT/SIZE, exact-copy rows EXACT.
 RANK, ROOT, SIZE, EXACT = "_dedup_rank", "_dedup_root", "_dedup_size", "_dedup_exact"
-ASSIGN_FIELDS = [
-    pa.field(PART, pa.int64()),
-    pa.field(RANK, pa.string()),
-    pa.field(ROOT, pa.string()),
-    pa.field(SIZE, pa.int64()),
-    pa.field(EXACT, pa.string()),
-]
-# Pair rows (a, b) and text rows (a or b = rank, text) of the verify shuffles.
-VERIFY_SCHEMA = pa.schema(
-    [(PART, pa.int64()), ("a", pa.string()), ("b", pa.string()), ("text", pa.large_string())]
-)
+KEY_SCHEMA = pa.schema([("key", pa.binary()), ("rank", pa.string()), ("exact", pa.bool_())])
+TEXT_SCHEMA = pa.schema([("rank", pa.string()), ("text", pa.large_string())])
+PAIR_SCHEMA = pa.schema([("a", pa.string()), ("b", pa.string())])
+PAIR_TEXT_SCHEMA = pa.schema([("a", pa.string()), ("b", pa.string()), ("text", pa.large_string())])
+NODE_SCHEMA = pa.schema([(RANK, pa.string()), (ROOT, pa.string()), (SIZE, pa.int64())])
+EXACT_SCHEMA = pa.schema([(RANK, pa.string()), (EXACT, pa.string())])
 
 
 def _live(batch: pa.Table) -> pa.Table:
@@ -70,23 +72,65 @@ def _id_of(ranks: pa.Array | pa.ChunkedArray) -> pa.Array:
 
 
 def _conform(t: pa.Table, schema: pa.Schema) -> pa.Table:
-    """`t` with exactly `schema`'s columns (missing ones null): Ray's hash shuffle concatenates the pieces
-    of a partition without unifying schemas, so every Dataset in one shuffle has the same schema."""
+    """`t` with exactly `schema`'s columns (missing ones null): every file of a partition has one schema."""
     cols = [
         t[f.name].cast(f.type) if f.name in t.column_names else pa.nulls(t.num_rows, f.type) for f in schema
     ]
     return pa.Table.from_arrays(cols, schema=schema)
 
 
-def _key_rows(batch: pa.Table, cfg: "DedupConfig", reference: bool, partitions: int) -> pa.Table:
-    batch = _live(batch)
-    texts = pc.fill_null(batch["text"], "").to_pylist()
+# ---- keys ----
+
+
+def _key_task(
+    batch: pa.Table, cfg: "DedupConfig", reference: bool, partitions: int, out: str, schema: pa.Schema
+) -> pa.Table:
+    """Writes this batch's key rows (by key), its documents (by rank; not for reference documents) and,
+    for verification, its texts (by rank); returns one row of counts."""
+    rank = _ranks(batch, cfg, reference)
+    name = ("r" if reference else "d") + name_of(rank)
+    if not reference:
+        docs = _conform(batch, schema).append_column(RANK, rank)
+        scatter_table(docs.append_column(PART, part_of(rank, partitions)), storage.join(out, "doc"), name)
+    live = _live(batch.append_column(RANK, rank))
+    texts = pc.fill_null(live["text"], "")
+    if cfg.verify_threshold is not None:
+        t = pa.table({PART: part_of(live[RANK], partitions), "rank": live[RANK], "text": texts})
+        scatter_table(
+            t.cast(pa.schema([pa.field(PART, pa.int64()), *TEXT_SCHEMA])), storage.join(out, "text"), name
+        )
+    texts = texts.to_pylist()
     exact = [exact_key(t) for t in texts] if cfg.exact else None
     bands = has_words = None
     if cfg.fuzzy:
         sig, has_words = signatures(texts, cfg.ngram, cfg.num_perm, cfg.seed)
         bands = band_keys(sig, *cfg.bands_rows())
-    return lsh.key_rows(_ranks(batch, cfg, reference).to_pylist(), exact, bands, has_words, partitions)
+    keys = lsh.key_rows(live[RANK].to_pylist(), exact, bands, has_words, partitions)
+    rows = scatter_table(keys, storage.join(out, "key"), name)
+    return pa.table({"docs": [0 if reference else batch.num_rows], "key_rows": [rows]})
+
+
+def _keys(
+    ds: "ray.data.Dataset",
+    reference: "ray.data.Dataset | None",
+    cfg: "DedupConfig",
+    parts: int,
+    out: str,
+    schema: pa.Schema,
+) -> dict[str, int]:
+    total = {"docs": 0, "key_rows": 0}
+    for data, is_ref in ((ds, False), (reference, True)):
+        if data is None:
+            continue
+        kw = {"cfg": cfg, "reference": is_ref, "partitions": parts, "out": out, "schema": schema}
+        counts = data.map_batches(_key_task, batch_format="pyarrow", batch_size=KEY_BATCH_ROWS, fn_kwargs=kw)
+        for row in counts.iter_rows():
+            total["docs"] += row["docs"]
+            total["key_rows"] += row["key_rows"]
+    return total
+
+
+# ---- edges ----
 
 
 def _pairs(edges: pa.Table, exact: bool | None) -> pa.Table:
@@ -98,38 +142,36 @@ def _pairs(edges: pa.Table, exact: bool | None) -> pa.Table:
     return edges.filter(keep).select(["a", "b"])
 
 
+def _bucket_step(rows: pa.Table) -> tuple[pa.Table, dict[str, int]]:
+    edges = lsh.bucket_edges(rows)
+    pairs = pc.not_equal(edges["a"], edges["b"])
+    exact = pc.sum(pc.and_(pairs, edges["exact"])).as_py() or 0
+    return edges, {"exact_pairs": exact, "near_pairs": (pc.sum(pairs).as_py() or 0) - exact}
+
+
 # ---- verify ----
 
 
-def _text_rows(batch: pa.Table, cfg: "DedupConfig", reference: bool, end: str, partitions: int) -> pa.Table:
-    """(rank in column `end`, text) of the live documents, partitioned by rank."""
-    batch = _live(batch)
-    rank = _ranks(batch, cfg, reference)
-    text = pc.fill_null(batch["text"], "")
-    return _conform(pa.table({PART: part_of(rank, partitions), end: rank, "text": text}), VERIFY_SCHEMA)
+def _near_rows(t: pa.Table, partitions: int) -> pa.Table:
+    t = _pairs(t, exact=False)
+    return t.append_column(PART, part_of(t["a"], partitions))
 
 
-def _pair_rows(t: pa.Table, partitions: int) -> pa.Table:
-    return _conform(t.append_column(PART, part_of(t["a"], partitions)), VERIFY_SCHEMA)
+def _by_b(t: pa.Table, partitions: int) -> pa.Table:
+    return t.append_column(PART, part_of(t["b"], partitions))
 
 
-def _with_text_a(t: pa.Table, partitions: int) -> pa.Table:
-    """The distinct pairs of this partition (by a) with a's text, partitioned by b."""
-    texts = t.filter(pc.is_null(t["b"]))
-    pairs = t.filter(pc.is_valid(t["b"])).group_by(["a", "b"]).aggregate([])
-    text = pc.take(texts["text"], pc.index_in(pairs["a"], value_set=texts["a"].combine_chunks()))
-    return _conform(
-        pa.table({PART: part_of(pairs["b"], partitions), "a": pairs["a"], "b": pairs["b"], "text": text}),
-        VERIFY_SCHEMA,
-    )
+def _with_text_a(pairs: pa.Table, texts: pa.Table) -> tuple[pa.Table, dict[str, int]]:
+    """The distinct pairs of this partition (by a) with a's text."""
+    pairs = pairs.group_by(["a", "b"]).aggregate([])
+    text = pc.take(texts["text"], pc.index_in(pairs["a"], value_set=texts["rank"].combine_chunks()))
+    return pa.table({"a": pairs["a"], "b": pairs["b"], "text": text}, schema=PAIR_TEXT_SCHEMA), {}
 
 
-def _check(t: pa.Table, ngram: int, threshold: float) -> pa.Table:
+def _check(pairs: pa.Table, texts: pa.Table, ngram: int, threshold: float) -> tuple[pa.Table, dict]:
     """(a, b, keep) for the pairs of this partition (by b): keep when the Jaccard similarity of the two
     documents' shingle sets reaches `threshold`."""
-    texts = t.filter(pc.is_null(t["a"]))
-    pairs = t.filter(pc.is_valid(t["a"]))
-    text_b = pc.take(texts["text"], pc.index_in(pairs["b"], value_set=texts["b"].combine_chunks()))
+    text_b = pc.take(texts["text"], pc.index_in(pairs["b"], value_set=texts["rank"].combine_chunks()))
     sets: dict[str, set[bytes]] = {}  # a document meets several partners here: shingle it once
     keep = []
     for a, b, ta, tb in zip(
@@ -138,65 +180,55 @@ def _check(t: pa.Table, ngram: int, threshold: float) -> pa.Table:
         sa = sets[a] if a in sets else sets.setdefault(a, shingles(ta, ngram))
         sb = sets[b] if b in sets else sets.setdefault(b, shingles(tb, ngram))
         keep.append(len(sa & sb) >= threshold * len(sa | sb))
-    return pa.table({"a": pairs["a"], "b": pairs["b"], "keep": pa.array(keep, pa.bool_())})
+    out = pa.table({"a": pairs["a"], "b": pairs["b"], "keep": pa.array(keep, pa.bool_())})
+    return out, {"kept": sum(keep)}
 
 
-def _verify(
-    near: "ray.data.Dataset",
-    ds: "ray.data.Dataset",
-    reference: "ray.data.Dataset | None",
-    cfg: "DedupConfig",
-    parts: int,
-) -> tuple["ray.data.Dataset", dict[str, int]]:
-    """The near pairs that pass verification, and how many were checked and removed."""
+def _kept_pairs(t: pa.Table) -> pa.Table:
+    return t.filter(t["keep"]).select(["a", "b"])
 
-    def texts(end: str) -> "ray.data.Dataset":
-        kw = {"cfg": cfg, "end": end, "partitions": parts}
-        t = ds.map_batches(_text_rows, batch_format="pyarrow", fn_kwargs={**kw, "reference": False})
-        if reference is not None:
-            t = t.union(
-                reference.map_batches(_text_rows, batch_format="pyarrow", fn_kwargs={**kw, "reference": True})
-            )
-        return t
 
-    pairs = near.map_batches(_pair_rows, batch_format="pyarrow", fn_kwargs={"partitions": parts}).union(
-        texts("a")
-    )
-    pairs = by_part(pairs, parts, _with_text_a, partitions=parts).union(texts("b"))
-    checked = by_part(pairs, parts, _check, ngram=cfg.ngram, threshold=cfg.verify_threshold).materialize()
-    counts = tally(checked, lambda t: {"checked": t.num_rows, "kept": pc.sum(t["keep"]).as_py() or 0})
-    kept = checked.map_batches(lambda t: t.filter(t["keep"]).select(["a", "b"]), batch_format="pyarrow")
-    return kept, {
-        "verify_checked": counts.get("checked", 0),
-        "verify_removed": counts.get("checked", 0) - counts.get("kept", 0),
+def _verify(steps: Steps, edges: list[str], cfg: "DedupConfig", parts: int) -> tuple[list[str], dict]:
+    """Files of the near pairs with their keep flag, and how many were checked and removed."""
+    texts = (steps.dir("keys", "text"), TEXT_SCHEMA)
+
+    def texts_a(d: str) -> dict[str, int]:
+        scatter([(f, _near_rows, {}) for f in edges], parts, storage.join(d, "in"))
+        inputs = {"pairs": (storage.join(d, "in"), PAIR_SCHEMA), "texts": texts}
+        return gather(parts, inputs, _with_text_a, storage.join(d, "out"))
+
+    def check(d: str) -> dict[str, int]:
+        scatter([(f, _by_b, {}) for f in files(steps.dir("verify-a", "out"))], parts, storage.join(d, "in"))
+        inputs = {"pairs": (storage.join(d, "in"), PAIR_TEXT_SCHEMA), "texts": texts}
+        return gather(
+            parts, inputs, _check, storage.join(d, "out"), ngram=cfg.ngram, threshold=cfg.verify_threshold
+        )
+
+    steps.run("verify-a", texts_a)
+    counts = steps.run("verify", check)
+    checked = counts.get("rows", 0)
+    return files(steps.dir("verify", "out")), {
+        "verify_checked": checked,
+        "verify_removed": checked - counts.get("kept", 0),
     }
 
 
 # ---- assign ----
 
 
-def _doc_rows(batch: pa.Table, cfg: "DedupConfig", partitions: int, schema: pa.Schema) -> pa.Table:
-    rank = _ranks(batch, cfg, reference=False)
-    return _conform(batch.append_column(RANK, rank).append_column(PART, part_of(rank, partitions)), schema)
-
-
-def _node_rows(t: pa.Table, partitions: int, schema: pa.Schema) -> pa.Table:
+def _node_rows(t: pa.Table, partitions: int) -> pa.Table:
     """(rank, root, size) rows of the clusters, partitioned like the documents."""
-    t = pa.table({PART: part_of(t["rank"], partitions), RANK: t["rank"], ROOT: t["root"], SIZE: t["size"]})
-    return _conform(t, schema)
+    return pa.table({PART: part_of(t["rank"], partitions), RANK: t["rank"], ROOT: t["root"], SIZE: t["size"]})
 
 
-def _exact_rows(edges: pa.Table, partitions: int, schema: pa.Schema) -> pa.Table:
+def _exact_rows(edges: pa.Table, partitions: int) -> pa.Table:
     """(rank, rank of its exact copy kept over it) rows, partitioned like the documents."""
     t = _pairs(edges, exact=True)
-    return _conform(pa.table({PART: part_of(t["a"], partitions), RANK: t["a"], EXACT: t["b"]}), schema)
+    return pa.table({PART: part_of(t["a"], partitions), RANK: t["a"], EXACT: t["b"]})
 
 
-def _assign(t: pa.Table) -> pa.Table:
+def _assign(docs: pa.Table, nodes: pa.Table, exact: pa.Table) -> tuple[pa.Table, dict]:
     """The documents of this partition with their outcome. A document with a drop_reason keeps it."""
-    is_node, is_exact = pc.is_valid(t[ROOT]), pc.is_valid(t[EXACT])
-    nodes, exact = t.filter(is_node), t.filter(is_exact)
-    docs = t.filter(pc.invert(pc.or_(is_node, is_exact)))
     rank = docs[RANK]
     at = pc.index_in(rank, value_set=nodes[RANK].combine_chunks())
     root, size = pc.take(nodes[ROOT], at), pc.take(nodes[SIZE], at)
@@ -229,16 +261,23 @@ def _assign(t: pa.Table) -> pa.Table:
             is_exact_dup, _id_of(rep), pc.if_else(is_near_dup, _id_of(root), prior_detail)
         ),
     }
-    docs = docs.drop_columns(
-        [c for c in docs.column_names if c in OUT_COLUMNS or c in {f.name for f in ASSIGN_FIELDS}]
-    )
+    docs = docs.drop_columns([c for c in docs.column_names if c in OUT_COLUMNS or c == RANK])
     for name, values in out.items():
         docs = docs.append_column(name, values)
-    return docs
+    return docs, {}
+
+
+def _doc_schema(ds: "ray.data.Dataset") -> pa.Schema:
+    """The documents' columns, all nullable (blocks differ in that), without those the assign step sets."""
+    names = set(OUT_COLUMNS) - {"drop_reason", "drop_detail"}
+    return pa.schema([f.with_nullable(True) for f in ds.schema().base_schema if f.name not in names | {RANK}])
 
 
 def dedup_dataset(
-    ds: "ray.data.Dataset", cfg: "DedupConfig", reference: "ray.data.Dataset | None" = None
+    ds: "ray.data.Dataset",
+    cfg: "DedupConfig",
+    work_dir: str,
+    reference: "ray.data.Dataset | None" = None,
 ) -> tuple["ray.data.Dataset", dict]:
     """Mark exact and near duplicates in `ds`; return (every document of `ds` with drop_reason,
     drop_detail, dup_cluster, dup_cluster_size added; figures for the stage record).
@@ -248,66 +287,59 @@ def dedup_dataset(
     dropped. Documents of `ds` that already have a drop_reason pass through unchanged. The kept document
     of a cluster is the one with the highest `cfg.score_column` (when that column exists), then the
     smallest id; `drop_detail` of an `exact_dup` is the id of its exact copy that was kept over it, of a
-    `near_dup` the id of its cluster's kept document (`dup_cluster`)."""
-    rows_per_doc = (1 if cfg.exact else 0) + (cfg.bands_rows()[0] if cfg.fuzzy else 0)
-    parts = cfg.partitions
-    if parts is None:
+    `near_dup` the id of its cluster's kept document (`dup_cluster`).
+
+    The steps write their tables under `work_dir` (which must be reachable from every Ray worker: shared
+    storage on a cluster) and commit them one by one; a call with the same documents, settings and
+    `work_dir` reuses every committed step (listed under `steps_reused` in the figures)."""
+    key = hashlib.sha256(cfg.model_dump_json().encode()).hexdigest()[:16]
+    steps = Steps(work_dir, key)
+    schema = functools.cache(lambda: _doc_schema(ds))
+
+    def keys(d: str) -> dict[str, int]:
+        rows_per_doc = (1 if cfg.exact else 0) + (cfg.bands_rows()[0] if cfg.fuzzy else 0)
         docs = ds.count() + (reference.count() if reference is not None else 0)
-        parts = max(
+        parts = cfg.partitions or max(
             int(ray.cluster_resources().get("CPU", 1)), math.ceil(docs * rows_per_doc / ROWS_PER_PARTITION)
         )
-    keys = ds.map_batches(
-        _key_rows, batch_format="pyarrow", fn_kwargs={"cfg": cfg, "reference": False, "partitions": parts}
+        return {"partitions": parts, **_keys(ds, reference, cfg, parts, d, schema())}
+
+    counts = steps.run("keys", keys)
+    parts = counts["partitions"]
+    edges_counts = steps.run(
+        "edges",
+        lambda d: gather(parts, {"rows": (steps.dir("keys", "key"), KEY_SCHEMA)}, _bucket_step, d),
     )
-    if reference is not None:
-        keys = keys.union(
-            reference.map_batches(
-                _key_rows,
-                batch_format="pyarrow",
-                fn_kwargs={"cfg": cfg, "reference": True, "partitions": parts},
-            )
-        )
-    edges = by_part(keys, parts, lsh.bucket_edges).materialize()  # read three times below
-    details = {"shuffle_partitions": parts, "candidate_edges": edges.count()}
-    if cfg.verify_threshold is None:
-        pairs = edges.map_batches(_pairs, batch_format="pyarrow", fn_kwargs={"exact": None})
-    else:
-        near = edges.map_batches(_pairs, batch_format="pyarrow", fn_kwargs={"exact": False}).materialize()
-        pairs = edges.map_batches(_pairs, batch_format="pyarrow", fn_kwargs={"exact": True})
-        if near.count():  # Ray's hash shuffle cannot partition a Dataset without a single row
-            near, checked = _verify(near, ds, reference, cfg, parts)
-            pairs = pairs.union(near)
-        else:
-            checked = {"verify_checked": 0, "verify_removed": 0}
+    edges = files(steps.dir("edges"))
+    details = {"shuffle_partitions": parts, "candidate_edges": edges_counts.get("rows", 0)}
+    graph = [(f, functools.partial(_pairs, exact=None)) for f in edges]
+    if cfg.verify_threshold is not None:
+        checked = {"verify_checked": 0, "verify_removed": 0}
+        graph = [(f, functools.partial(_pairs, exact=True)) for f in edges]
+        if edges_counts.get("near_pairs"):
+            near, checked = _verify(steps, edges, cfg, parts)
+            graph += [(f, _kept_pairs) for f in near]
         details.update(checked)
-    clusters, rounds = components.clusters(pairs, parts)
-    clusters = clusters.materialize()
-    details.update(
-        {
-            "docs_with_duplicates": clusters.count(),
-            "clusters": tally(
-                clusters, lambda t: {"roots": pc.sum(pc.equal(t["rank"], t["root"])).as_py() or 0}
-            ).get("roots", 0),
-            "cc_rounds": rounds,
+    if edges_counts.get("exact_pairs", 0) + edges_counts.get("near_pairs", 0):
+        nodes, figures = components.clusters(steps, graph, parts)
+    else:  # no document has a duplicate: no components to find
+        nodes, figures = [], {"docs_with_duplicates": 0, "clusters": 0, "cc_rounds": 0}
+    details.update(figures)
+
+    def assign(d: str) -> dict[str, int]:
+        scatter([(f, _node_rows, {}) for f in nodes], parts, storage.join(d, "nodes"))
+        scatter([(f, _exact_rows, {}) for f in edges], parts, storage.join(d, "exact"))
+        inputs = {
+            "docs": (steps.dir("keys", "doc"), schema().append(pa.field(RANK, pa.string()))),
+            "nodes": (storage.join(d, "nodes"), NODE_SCHEMA),
+            "exact": (storage.join(d, "exact"), EXACT_SCHEMA),
         }
-    )
-    base = [
-        f.with_nullable(True)
-        for f in ds.schema().base_schema
-        if f.name not in {f.name for f in ASSIGN_FIELDS}
-    ]
-    schema = pa.schema(base + ASSIGN_FIELDS)
-    docs = ds.map_batches(
-        _doc_rows, batch_format="pyarrow", fn_kwargs={"cfg": cfg, "partitions": parts, "schema": schema}
-    )
-    if details["docs_with_duplicates"]:
-        kw = {"partitions": parts, "schema": schema}
-        nodes = clusters.map_batches(_node_rows, batch_format="pyarrow", fn_kwargs=kw)
-        exact = edges.map_batches(_exact_rows, batch_format="pyarrow", fn_kwargs=kw)
-        out = by_part(docs.union(nodes, exact), parts, _assign)
-    else:  # no document has a duplicate: nothing to meet, no shuffle
-        out = docs.map_batches(_assign, batch_format="pyarrow")
+        return gather(parts, inputs, _assign, storage.join(d, "out"))
+
+    steps.run("assign", assign)
     if cfg.fuzzy:
         b, r = cfg.bands_rows()
         details.update({"ngram": cfg.ngram, "num_perm": cfg.num_perm, "bands": b, "rows": r})
+    details["steps_reused"] = steps.reused
+    out = ray.data.read_parquet(files(steps.dir("assign", "out")))
     return out, details

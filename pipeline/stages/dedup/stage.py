@@ -8,8 +8,9 @@ from pipeline.stage import Stage, StageContext, StageOutput
 def run(ctx: StageContext) -> StageOutput:
     from pipeline.stages.dedup.core import dedup_dataset  # Ray and scipy: not needed to load a config
 
-    docs, details = dedup_dataset(ctx.read("select"), ctx.section)
+    docs, details = dedup_dataset(ctx.read("select"), ctx.section, ctx.work_dir)
     return StageOutput(docs=docs, details=details)
 
 
-STAGE = Stage("dedup", run)
+# resumes: a rerun after a kill keeps the work directory and reuses the steps committed there (steps.py)
+STAGE = Stage("dedup", run, resumes=True)
