@@ -141,8 +141,8 @@ def main() -> None:
                     "tokenization, "
                     f"{rec['tokens_out']:,} tokens written): {stage_s:.2f} s, {k * mb / stage_s:.2f} MB/s, "
                     f"{ours:.2f} MB/s per core; "
-                    f"tokenizing {rec['details']['tokenize_s']} s, sampling, shuffling, writing shards "
-                    f"{rec['details']['write_s']} s"
+                    f"tokenizing {rec['details']['tokenize_s']} s, selecting {rec['details']['select_s']} s, "
+                    f"shuffling and writing shards {rec['details']['write_s']} s"
                 )
                 after, _ = bare()
                 ratios.append(ours / ((before + after) / 2))

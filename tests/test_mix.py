@@ -458,3 +458,34 @@ def test_the_driver_receives_no_per_document_data(ray_local, tmp_path, monkeypat
     # tallies (16 buckets per source and phase, per tally task), task counts, one row per shard and source
     assert received[3600] < 3600 / 2, received
     assert abs(received[3600] - received[1200]) < 1200 / 10, received
+
+
+@pytest.mark.slow  # two mix runs
+def test_mix_on_an_object_store_writes_the_same_bytes(ray_local, upstream, tmp_path, s3_bucket):
+    """Output on an S3-compatible server: the tokenizing tasks and the shard tasks write there directly
+    (nothing is staged on a local disk) and the shards are the local run's, byte for byte."""
+    import pyarrow.fs as pafs
+
+    local = _run(upstream, tmp_path, name="local")
+    remote = f"{s3_bucket}/run"
+    fs, root = pafs.FileSystem.from_uri(remote)
+    for stage in ("dedup", "synth"):
+        pafs.copy_files(str(upstream / stage), f"{root}/{stage}", pafs.LocalFileSystem(), fs)
+    run_pipeline(_config(remote), log=lambda _: None)
+    assert read_record(remote, "mix")["status"] == "complete"
+    assert not storage.exists(f"{remote}/mix/_tokenized")
+    back = tmp_path / "back"
+    back.mkdir()
+    pafs.copy_files(f"{root}/mix", str(back), fs, pafs.LocalFileSystem())
+    for phase in ("phase1", "phase2"):
+        files = sorted(
+            p.relative_to(local / "mix") for p in (local / "mix" / phase).rglob("*") if p.is_file()
+        )
+        assert files == sorted(p.relative_to(back) for p in (back / phase).rglob("*") if p.is_file())
+        for f in files:
+            here = (local / "mix" / f).read_bytes()
+            if f.name == "manifest.json":
+                manifest = json.loads((back / f).read_text())
+                assert manifest["dir"] == f"{remote}/mix/{phase}"
+                here = here.replace(str(local / "mix").encode(), f"{remote}/mix".encode())
+            assert here == (back / f).read_bytes(), f
