@@ -1,9 +1,11 @@
 """`phicurate tune OUTPUT --serve`: a local page to move select's thresholds and see at once what they keep.
 
-The signal columns of annotate's output are read once into memory (Arrow, then numpy); nothing is
-recomputed from text. A threshold change rebuilds the select section, asks rules.py for its rules (the
-same Rule.fails that `select` runs) and caches each rule's failure mask, so a change evaluates one new
-mask and combines the rest with numpy: first failing rule per document, then bincounts for the totals.
+The signal columns of annotate's output are read once into memory (Arrow, then numpy; tens of bytes per
+document and signal: this page is for what one machine holds); ids and texts are read back only for the
+documents the page shows, from the row groups that hold them. Nothing is recomputed from text. A
+threshold change rebuilds the select section, asks rules.py for its rules (the same Rule.fails that
+`select` runs) and caches each rule's failure mask, so a change evaluates one new mask and combines the
+rest with numpy: first failing rule per document, then bincounts for the totals.
 
 Served with Starlette on uvicorn (both installed with ray[serve] and vLLM, and well kept); the page's
 HTML, JS and CSS ship in pipeline/tools/tune_static/ (no CDN: it works offline).
@@ -24,9 +26,7 @@ from typing import Any
 import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
-import pyarrow.dataset as pads
 
-from pipeline import storage
 from pipeline.errors import UserError
 from pipeline.stages.select import rules
 from pipeline.stages.select.config import SelectConfig
@@ -52,18 +52,18 @@ class Signals:
     """annotate's signal columns in memory, and select's rules evaluated over them."""
 
     def __init__(self, output: str, cfg: SelectConfig):
-        files = tune.annotate_files(output)
-        fs, _ = storage.resolve(files[0])
-        self.dataset = pads.dataset([storage.resolve(f)[1] for f in files], format="parquet", filesystem=fs)
+        self.output = output
         self.base = cfg
-        self.params = tune_params.params(cfg, set(self.dataset.schema.names))
+        self.params = tune_params.params(cfg, set(tune.check_columns(output, []).names))
         cols = [c for p in self.params for c in p.columns]
         t0 = time.perf_counter()
-        table = tune.read_signals(output, list(dict.fromkeys(["id", "source", tune.WORDS, *cols])))
+        # ids and texts are read back for the few documents the page shows, not held
+        table = tune.read_signals(output, list(dict.fromkeys(["source", tune.WORDS, *cols])))
         self.table = table.combine_chunks()
         self.n = len(self.table)
         self.words = self.table[tune.WORDS].to_numpy(zero_copy_only=False).astype(np.int64)
         src = pc.dictionary_encode(self.table["source"]).combine_chunks()
+        self.table = self.table.drop_columns(["source"])
         self.sources = src.dictionary.to_pylist()
         self.src = src.indices.to_numpy(zero_copy_only=False).astype(np.int64)
         self.src_docs = np.bincount(self.src, minlength=len(self.sources))
@@ -226,22 +226,23 @@ class Signals:
         values = self.values(rule.column)
         cand = np.flatnonzero(passing & ~np.isnan(values))
         fail = failing[cand]
-        ids = self.table["id"]
         out: dict[str, Any] = {"column": rule.column, "threshold": rule.threshold}
         for side, idx in (("kept", cand[~fail]), ("dropped", cand[fail])):
             dist = np.abs(values[idx] - rule.threshold)
             if len(idx) > n:  # the n nearest without sorting them all
                 part = np.argpartition(dist, n)[:n]
                 idx, dist = idx[part], dist[part]
+            idx = idx[np.argsort(dist, kind="stable")]
+            ids = [d["id"] for d in tune.read_rows(self.output, [int(i) for i in idx], ["id"])]
             out[side] = [
                 {
                     "row": int(i),
-                    "id": ids[int(i)].as_py(),
+                    "id": doc_id,
                     "source": self.sources[self.src[i]],
                     "value": float(values[i]),
                     "words": int(self.words[i]),
                 }
-                for i in idx[np.argsort(dist, kind="stable")]
+                for i, doc_id in zip(idx, ids)
             ]
         return out
 
@@ -250,8 +251,8 @@ class Signals:
         rows = [r for r in rows if 0 <= r < self.n][:50]
         if not rows:
             return {}
-        got = self.dataset.take(pa.array(rows, pa.int64()), columns=["text"])["text"].to_pylist()
-        return {str(r): (t or "")[:EXCERPT] for r, t in zip(rows, got)}
+        got = tune.read_rows(self.output, rows, ["text"])
+        return {str(r): (d.get("text") or "")[:EXCERPT] for r, d in zip(rows, got)}
 
 
 def param_json(p: Param, sig: Signals) -> dict:
