@@ -62,16 +62,17 @@ GOOD = "Photosynthesis turns light into chemical energy. Plants use it to make s
 
 
 def _read(path, fmt, **kw):
+    from pipeline.schema import DOC_WITH_DROP_SCHEMA
     from pipeline.stages.ingest.readers import InputFile, read_jsonl, read_parquet, read_warc
-    from pipeline.stages.ingest.stage import RAW_SCHEMA
 
     f = InputFile(str(path), path.name, "web/t", fmt)
     stats = {"skipped": {}, "repaired": {}}
     reader = {"jsonl": read_jsonl, "parquet": read_parquet, "warc": read_warc}[fmt]
     rows = list(reader(f, kw.get("limit", 1_000_000 if fmt != "warc" else 10_000_000), stats))
     for r in rows:
-        r.pop("_repaired")
-    pa.Table.from_pylist(rows, schema=RAW_SCHEMA)  # every row can be stored (a lone surrogate could not)
+        r.pop("_repaired"), r.pop("_place")
+    raw = DOC_WITH_DROP_SCHEMA.insert(2, pa.field("html", pa.large_string()))
+    pa.Table.from_pylist(rows, schema=raw)  # every row can be stored (a lone surrogate could not)
     return rows, stats
 
 
@@ -298,14 +299,17 @@ def test_binary_bodies_served_as_html_are_not_html(tmp_path):
 # --- extraction: a pure function of the page, under a time limit ------------------------------------------
 
 
-def _html_rows(pages: list[str]) -> pa.Table:
-    from pipeline.stages.ingest.stage import RAW_SCHEMA
+def _extract(pages: list[str], timeout: float = 10.0) -> list[dict]:
+    """Rows of these pages after extraction, one after the other in this process's sandbox."""
+    from pipeline.stages.ingest.extract import extract_row
 
     rows = [
-        {"id": str(i), "html": h, "source": "web/t", "meta": f'{{"pos": "p{i}"}}'}
-        for i, h in enumerate(pages)
+        {"id": str(i), "text": None, "meta": f'{{"pos": "p{i}"}}', "drop_reason": None}
+        for i in range(len(pages))
     ]
-    return pa.Table.from_pylist(rows, schema=RAW_SCHEMA)
+    for r, html in zip(rows, pages):
+        extract_row(r, html, timeout=timeout)
+    return rows
 
 
 def test_extraction_does_not_depend_on_what_was_extracted_before():
@@ -314,8 +318,6 @@ def test_extraction_does_not_depend_on_what_was_extracted_before():
     shared paragraph vanished once it had been seen a few times."""
     import random
 
-    from pipeline.stages.ingest.extract import extract_html
-
     shared = "<p>This paragraph appears on every page of the site and carries the site's own notice.</p>"
     pages = [
         f"<html><body><article><h1>Page {i}</h1>{shared}"
@@ -323,19 +325,17 @@ def test_extraction_does_not_depend_on_what_was_extracted_before():
         + "</article></body></html>"
         for i in range(12)
     ]
-    alone = [extract_html(_html_rows([p]))["text"][0].as_py() for p in pages]
+    alone = [_extract([p])[0]["text"] for p in pages]
     assert all("site's own notice" in t for t in alone)
     order = list(range(12)) * 4
     random.Random(0).shuffle(order)
     for sequence in (list(range(12)), list(reversed(range(12))), order):
-        texts = extract_html(_html_rows([pages[i] for i in sequence]))["text"].to_pylist()
+        texts = [r["text"] for r in _extract([pages[i] for i in sequence])]
         assert texts == [alone[i] for i in sequence]
 
 
 def test_a_page_over_extract_timeout_is_dropped_and_the_next_is_extracted():
     import random
-
-    from pipeline.stages.ingest.extract import extract_html
 
     rng = random.Random(0)
     words = ["".join(rng.choice("abcdefghij") for _ in range(6)) for _ in range(5000)]
@@ -343,7 +343,7 @@ def test_a_page_over_extract_timeout_is_dropped_and_the_next_is_extracted():
         f"<div><p>{' '.join(rng.choice(words) for _ in range(12))}.</p></div>" for _ in range(6000)
     )
     small = f"<html><body><article><p>{GOOD}</p><p>{GOOD} Again.</p></article></body></html>"
-    out = extract_html(_html_rows([f"<html><body>{slow}</body></html>", small]), timeout=1.0).to_pylist()
+    out = _extract([f"<html><body>{slow}</body></html>", small], timeout=1.0)
     assert out[0]["drop_reason"] == "extract_timeout" and "extract_timeout = 1.0 s" in out[0]["drop_detail"]
     assert out[1]["drop_reason"] is None and GOOD in out[1]["text"]
 

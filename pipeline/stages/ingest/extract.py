@@ -11,8 +11,6 @@ from __future__ import annotations
 
 from functools import lru_cache
 
-import pyarrow as pa
-
 
 @lru_cache(maxsize=None)
 def _extractor(favour_precision: bool):
@@ -54,25 +52,18 @@ def _sandbox(favour_precision: bool, timeout: float):
     return Sandbox(timeout=timeout), lambda html: _extract_or_error(favour_precision, html)
 
 
-def extract_html(batch: pa.Table, favour_precision: bool = True, timeout: float = 10.0) -> pa.Table:
-    """Ray Data task: fill `text` from `html` for rows that carry HTML, then drop the `html` column.
+def extract_row(r: dict, html: str, favour_precision: bool = True, timeout: float = 10.0) -> None:
+    """Fill row `r`'s `text` from its page `html`, in this worker's sandbox.
 
     A failed extraction is a drop (`extract_failed`), one over the time limit `extract_timeout`, both with
     the HTML kept aside; never a crash or a stalled worker. An empty one is left to the empty-text check.
     """
     sandbox, fn = _sandbox(favour_precision, timeout)
-    rows = batch.to_pylist()
-    for r in rows:
-        html = r.pop("html")
-        if html is None or r["drop_reason"] is not None:
-            continue
-        try:
-            r["text"] = sandbox.process_document(html, fn)
-        except TimeoutError:
-            r["text"], r["drop_reason"] = html[:65_536], "extract_timeout"
-            r["drop_detail"] = f"{r['meta']}: extraction took over extract_timeout = {timeout} s"
-        except Exception as e:  # an extractor error, or the child died (EOFError: out of memory, a crash)
-            r["text"], r["drop_reason"] = html[:65_536], "extract_failed"
-            r["drop_detail"] = f"{r['meta']}: {type(e).__name__}: {e}"[:2000]
-    schema = batch.schema.remove(batch.schema.get_field_index("html"))
-    return pa.Table.from_pylist(rows, schema=schema)
+    try:
+        r["text"] = sandbox.process_document(html, fn)
+    except TimeoutError:
+        r["text"], r["drop_reason"] = html[:65_536], "extract_timeout"
+        r["drop_detail"] = f"{r['meta']}: extraction took over extract_timeout = {timeout} s"
+    except Exception as e:  # an extractor error, or the child died (EOFError: out of memory, a crash)
+        r["text"], r["drop_reason"] = html[:65_536], "extract_failed"
+        r["drop_detail"] = f"{r['meta']}: {type(e).__name__}: {e}"[:2000]

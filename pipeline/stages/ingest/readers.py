@@ -63,6 +63,12 @@ class InputFile:
     text_field: str = "text"
     id_field: str | None = "id"
     url_field: str | None = "url"
+    size: int | None = None  # bytes, where known: how many parts the file is cut into
+
+
+def _owns(at: int, lo: int, hi: int | None) -> bool:
+    """Whether a record starting at byte `at` belongs to the part reading [lo, hi) of its file."""
+    return lo <= at and (hi is None or at < hi)
 
 
 def _counters(stats: dict) -> None:
@@ -114,6 +120,7 @@ def _row(
         "drop_reason": reason,
         "drop_detail": detail,
         "_repaired": sorted(set(fixed)),  # counted per file by the caller, not stored
+        "_place": f"{f.rel} {pos}",  # where it is, for the duplicate-id pass; not stored
     }
 
 
@@ -151,17 +158,27 @@ def line_cap(max_doc_bytes: int) -> int:
     return 6 * max_doc_bytes + 65_536
 
 
-def read_jsonl(f: InputFile, max_doc_bytes: int, stats: dict) -> Iterator[dict]:
+def read_jsonl(
+    f: InputFile, max_doc_bytes: int, stats: dict, lo: int = 0, hi: int | None = None
+) -> Iterator[dict]:
     """One document per non-blank line; .gz/.zst/.bz2 decompressed by fsspec from the file name. Lines are
-    read with a cap, so one huge line costs no more memory than `line_cap`."""
+    read with a cap, so one huge line costs no more memory than `line_cap`.
+
+    With `lo`/`hi` (plain files only: a compressed stream cannot be entered in the middle), only the lines
+    that start in bytes [lo, hi) are read: the reader seeks to the first line start at or after `lo`, its
+    line number counted from the newlines before it, and stops at the first line starting at `hi`."""
     _counters(stats)
-    cap, line_no, rows = line_cap(max_doc_bytes), 0, 0
+    cap, line_no, rows, at = line_cap(max_doc_bytes), 0, 0, lo
     try:
         with _open_decompressed(f.path) as fh:
-            while raw := fh.readline(cap):
+            if lo:
+                at, line_no = _line_start(fh, lo)
+            while (hi is None or at < hi) and (raw := fh.readline(cap)):
                 line_no += 1
-                pos = f"line {line_no}"
+                pos, start = f"line {line_no}", at
+                at += len(raw)
                 if len(raw) == cap and not raw.endswith(b"\n") and (rest := _skip_line(fh)):
+                    at += rest
                     rows += 1
                     yield _row(
                         f,
@@ -172,7 +189,7 @@ def read_jsonl(f: InputFile, max_doc_bytes: int, stats: dict) -> Iterator[dict]:
                         f"+ 64 KiB); kept aside unparsed, truncated to {PREVIEW_CHARS} bytes",
                     )
                     continue
-                if line_no == 1 and raw.startswith(codecs.BOM_UTF8):
+                if start == 0 and raw.startswith(codecs.BOM_UTF8):
                     raw = raw[len(codecs.BOM_UTF8) :]
                     stats["repaired"]["bom"] = stats["repaired"].get("bom", 0) + 1
                 if not raw.strip():
@@ -180,7 +197,27 @@ def read_jsonl(f: InputFile, max_doc_bytes: int, stats: dict) -> Iterator[dict]:
                 rows += 1
                 yield _guard(f, pos, _jsonl_record, f, pos, raw, max_doc_bytes)
     except Exception as e:  # any decompression or I/O failure is this file's, not the run's
-        yield _file_failed(f, f"line {line_no + 1}", rows, f"after line {line_no}", e)
+        yield _file_failed(f, f"line {line_no + 1}", rows + lo, f"after line {line_no}", e)
+
+
+def _line_start(fh, lo: int) -> tuple[int, int]:
+    """The offset of the first line that starts at or after `lo`, and how many lines come before it; the
+    stream is left there. A line starts after a newline, and a newline in a JSONL file always ends a line
+    (JSON strings escape theirs), so this needs no parsing."""
+    lines, done = 0, 0
+    while done < lo - 1:  # count the newlines in [0, lo - 1)
+        chunk = fh.read(min(1 << 20, lo - 1 - done))
+        if not chunk:
+            return done, lines
+        lines += chunk.count(b"\n")
+        done += len(chunk)
+    while chunk := fh.read(1 << 16):  # the first newline at or after lo - 1 ends the line before ours
+        i = chunk.find(b"\n")
+        if i >= 0:
+            fh.seek(done + i + 1)
+            return done + i + 1, lines + 1
+        done += len(chunk)
+    return done, lines
 
 
 def _skip_line(fh) -> int:
@@ -275,9 +312,10 @@ def _doc_from_mapping(f: InputFile, pos: str, rec: dict, max_doc_bytes: int) -> 
     return _row(f, pos, given, text=text, **kw)
 
 
-def read_parquet(f: InputFile, max_doc_bytes: int, stats: dict) -> Iterator[dict]:
+def read_parquet(f: InputFile, max_doc_bytes: int, stats: dict, sub: int = 0, of: int = 1) -> Iterator[dict]:
     """One document per row. A file that cannot be opened (zero bytes, no footer) or lacks the text column
-    is one `bad_file` row, so the other files go on."""
+    is one `bad_file` row (given by the first part of the file only), so the other files go on. Part `sub`
+    of `of` reads its share of the row groups: consecutive ones, numbered as in the whole file."""
     _counters(stats)
     row = 0
     try:
@@ -285,21 +323,26 @@ def read_parquet(f: InputFile, max_doc_bytes: int, stats: dict) -> Iterator[dict
             pf = pq.ParquetFile(fh)
             names = pf.schema_arrow.names
             if f.text_field not in names:
-                yield _row(
-                    f,
-                    "file",
-                    reason="bad_file",
-                    detail=f"{f.path}: no column '{f.text_field}' (columns: {', '.join(names)}); set "
-                    "text_field for this input",
-                )
+                if sub == 0:
+                    yield _row(
+                        f,
+                        "file",
+                        reason="bad_file",
+                        detail=f"{f.path}: no column '{f.text_field}' (columns: {', '.join(names)}); set "
+                        "text_field for this input",
+                    )
                 return
-            for batch in pf.iter_batches(batch_size=1024):
+            n = pf.metadata.num_row_groups
+            groups = [g for g in range(n) if g * of // n == sub]
+            row = sum(pf.metadata.row_group(g).num_rows for g in range(groups[0])) if groups else 0
+            for batch in pf.iter_batches(batch_size=1024, row_groups=groups) if groups else ():
                 for rec in batch.to_pylist():
                     pos = f"row {row}"
                     row += 1
                     yield _guard(f, pos, _parquet_record, f, pos, rec, max_doc_bytes)
     except Exception as e:
-        yield _file_failed(f, f"row {row}", row, f"from row {row}", e)
+        if row or sub == 0:
+            yield _file_failed(f, f"row {row}", row, f"from row {row}", e)
 
 
 def _parquet_record(f: InputFile, pos: str, rec: dict, max_doc_bytes: int) -> dict:
@@ -339,33 +382,45 @@ def _binary_kind(payload: bytes, content_type: str) -> str | None:
     return "binary (NUL bytes)" if b"\x00" in head and not utf16 else None
 
 
-def read_warc(f: InputFile, max_html_bytes: int, stats: dict) -> Iterator[dict]:
+def read_warc(
+    f: InputFile, max_html_bytes: int, stats: dict, lo: int = 0, hi: int | None = None
+) -> Iterator[dict]:
     """Response/resource/conversion records become documents; other record types are counted in
-    stats["skipped"]. A damaged record is kept aside at its offset and reading resumes after it."""
+    stats["skipped"]. A damaged record is kept aside at its offset and reading resumes after it.
+
+    With `lo`/`hi`, only the records that start in bytes [lo, hi) are read: the file is still walked
+    from its start, record by record as warcio frames it, so every part sees the records (and the damaged
+    ones, and where reading resumes after them) exactly as one reader of the whole file would; records
+    before `lo` are only skipped over (decompressed, not parsed), and the walk stops at `hi`."""
     _counters(stats)
     with fsspec.open(f.path, "rb") as fh:
         gz = fh.read(3) == GZIP_MAGIC
         arc = f.path.lower().endswith((".arc", ".arc.gz"))
         start: int | None = 0
-        while start is not None:
-            resume = yield from _warc_from(f, fh, start, max_html_bytes, stats)
+        while start is not None and (hi is None or start < hi):
+            resume = yield from _warc_from(f, fh, start, max_html_bytes, stats, lo, hi)
+            if resume is not None and hi is not None and resume >= hi:
+                break  # the next record starts in the next part
             # a plain ARC has no marker to look for: its rest is lost, with the damaged record's row saying so
             start = (
                 _next_record_start(fh, resume, gz, arc) if resume is not None and (gz or not arc) else None
             )
 
 
-def _warc_from(f: InputFile, fh, start: int, max_html_bytes: int, stats: dict):
-    """Records from `start` until the end or the first damaged one; returns where to look for the next record
-    start (None at the end)."""
+def _warc_from(f: InputFile, fh, start: int, max_html_bytes: int, stats: dict, lo: int, hi: int | None):
+    """Records from `start` until the end, `hi`, or the first damaged one; returns where to look for the
+    next record start (None at the end)."""
     fh.seek(start)
     it = ArchiveIterator(fh, arc2warc=True)
     offset = start
     try:
         for record in it:
             offset, errors = it.offset, it.err_count
+            if hi is not None and offset >= hi:
+                return None
+            mine = _owns(offset, lo, hi)
             head = None
-            if record.rec_type in DOC_RECORD_TYPES:
+            if mine and record.rec_type in DOC_RECORD_TYPES:
                 try:
                     head = _http_head(record, max_html_bytes)
                 except Exception as e:  # e.g. a broken chunked or gzip HTTP body: the framing is still sound
@@ -379,15 +434,18 @@ def _warc_from(f: InputFile, fh, start: int, max_html_bytes: int, stats: dict):
                     if short
                     else "its Content-Length does not end where the record ends"
                 )
-                yield _row(
-                    f,
-                    pos,
-                    reason="truncated_record" if short else "bad_warc_record",
-                    detail=f"{f.path} {pos}: {record.rec_type} record {why}; reading resumes at the next "
-                    "record",
-                    url=record.rec_headers.get_header("WARC-Target-URI"),
-                )
+                if mine:
+                    yield _row(
+                        f,
+                        pos,
+                        reason="truncated_record" if short else "bad_warc_record",
+                        detail=f"{f.path} {pos}: {record.rec_type} record {why}; reading resumes at the "
+                        "next record",
+                        url=record.rec_headers.get_header("WARC-Target-URI"),
+                    )
                 return offset + 1
+            if not mine:
+                continue
             if head is None:
                 stats["skipped"][record.rec_type] = stats["skipped"].get(record.rec_type, 0) + 1
                 continue
@@ -400,12 +458,13 @@ def _warc_from(f: InputFile, fh, start: int, max_html_bytes: int, stats: dict):
     except Exception as e:  # an unreadable header or gzip member: this record's, not the file's
         # where the failing record starts; warcio's offset is meaningless inside a multi-record gzip member
         pos = f"offset {it.offset}" if it.offset >= offset else f"after offset {offset}"
-        yield _row(
-            f,
-            pos,
-            reason="bad_warc_record",
-            detail=f"{f.path} {pos}: unreadable record: {type(e).__name__}: {e}"[:2000],
-        )
+        if _owns(max(it.offset, offset), lo, hi):
+            yield _row(
+                f,
+                pos,
+                reason="bad_warc_record",
+                detail=f"{f.path} {pos}: unreadable record: {type(e).__name__}: {e}"[:2000],
+            )
         return max(it.offset, offset) + 1
     return None
 

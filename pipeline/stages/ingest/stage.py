@@ -2,29 +2,28 @@
 
 from __future__ import annotations
 
+import dataclasses
+import functools
 import glob
-import json
 import os
-from typing import TYPE_CHECKING
+import re
+from typing import Iterator
 
 import pyarrow as pa
-import pyarrow.compute as pc
 
+from pipeline import redact
 from pipeline.errors import UserError
+from pipeline.parts import Part
 from pipeline.schema import DOC_WITH_DROP_SCHEMA
 from pipeline.stage import Stage, StageContext, StageOutput
+from pipeline.stages.ingest import duplicates
 from pipeline.stages.ingest.config import IngestConfig
 from pipeline.stages.ingest.count import count_records
-from pipeline.stages.ingest.extract import extract_html
+from pipeline.stages.ingest.extract import extract_row
 from pipeline.stages.ingest.readers import InputFile, read_jsonl, read_parquet, read_warc
-
-if TYPE_CHECKING:
-    import ray.data
 
 WARC_SUFFIXES = (".warc", ".warc.gz", ".wet", ".wet.gz", ".arc", ".arc.gz")
 JSONL_SUFFIXES = tuple(s + c for s in (".jsonl", ".json", ".ndjson") for c in ("", ".gz", ".zst", ".bz2"))
-RAW_SCHEMA = DOC_WITH_DROP_SCHEMA.insert(2, pa.field("html", pa.large_string()))
-STATS = "__file_stats__"  # one row per file carrying what its reader saw beyond its rows
 # reasons of a file that could not be read to its end: no independent count is compared for it
 DAMAGED = ("bad_file", "truncated_file", "truncated_record", "bad_warc_record")
 
@@ -53,7 +52,9 @@ def expand_inputs(cfg: IngestConfig, unknown: list[str] | None = None) -> list[I
 
             fs, root = fsspec.core.url_to_fs(inp.path)
             proto = inp.path.split("://", 1)[0]
-            found = [f"{proto}://{p}" for p in (fs.find(root) if fs.isdir(root) else fs.glob(root))]
+            listed = fs.find(root, detail=True) if fs.isdir(root) else fs.glob(root, detail=True)
+            sizes = {f"{proto}://{p}": info.get("size") for p, info in listed.items()}
+            found = list(sizes)
             base = inp.path if fs.isdir(root) else os.path.dirname(inp.path)
         else:
             if os.path.isdir(inp.path):
@@ -62,6 +63,7 @@ def expand_inputs(cfg: IngestConfig, unknown: list[str] | None = None) -> list[I
                 base, pattern = os.path.dirname(inp.path), inp.path
             matches = [inp.path] if os.path.isfile(inp.path) else glob.glob(pattern, recursive=True)
             found = [p for p in matches if os.path.isfile(p)]
+            sizes = {p: os.path.getsize(p) for p in found}
         for path in sorted(found):
             fmt = _format_of(path, inp.format)
             if fmt is None:
@@ -81,6 +83,7 @@ def expand_inputs(cfg: IngestConfig, unknown: list[str] | None = None) -> list[I
                 inp.text_field,
                 inp.id_field,
                 inp.url_field,
+                sizes.get(path),
             )
             files.append(f)
     if not files:
@@ -88,36 +91,110 @@ def expand_inputs(cfg: IngestConfig, unknown: list[str] | None = None) -> list[I
     return files
 
 
-def _read_files(batch: dict, max_doc_bytes: int, max_html_bytes: int, count: bool, chunk: int = 256):
-    """Ray task: read the files of this batch, yielding Arrow tables of `chunk` rows to bound memory, and
-    per file a stats row: its rows, non-document WARC records, repairs, and its records counted apart."""
-    for spec in batch["spec"]:
-        f = InputFile(**json.loads(spec))
-        stats: dict = {"skipped": {}, "repaired": {}}
+def _pieces(f: InputFile, part_bytes: int) -> int:
+    """How many parts a file is cut into: by size, except a compressed JSONL file (a compressed stream
+    cannot be entered in the middle, and JSONL needs no extraction, so one task keeps up) and an ARC file."""
+    splittable = f.format in ("warc", "parquet") or f.path.lower().endswith((".jsonl", ".json", ".ndjson"))
+    if not f.size or not splittable or f.path.lower().endswith((".arc", ".arc.gz")):
+        return 1
+    return -(-f.size // part_bytes)
+
+
+def plan(files: list[InputFile], part_bytes: int) -> list[Part]:
+    """One part per input file, in file order; a file over `part_bytes` is cut into consecutive byte ranges
+    (Parquet: row groups), each part reading the records that start in its range. A function of the files
+    and the config only, so a rerun finds the parts an earlier run committed."""
+    parts = []
+    for i, f in enumerate(files):
+        k = _pieces(f, part_bytes)
+        slug = re.sub(r"[^A-Za-z0-9_.-]+", "_", f.rel)[-80:]
+        for j in range(k):
+            name = f"{i:05d}-{slug}" + (f".{j:03d}" if k > 1 else "")
+            spec = {"part": name, "file": dataclasses.asdict(f), "index": i, "sub": j, "of": k}
+            if k > 1 and f.format != "parquet":
+                spec.update(lo=f.size * j // k, hi=f.size * (j + 1) // k if j < k - 1 else None)
+            parts.append(Part(name, spec))
+    return parts
+
+
+def check_text(r: dict, max_doc_bytes: int, min_chars: int) -> None:
+    """Drop a document with (almost) no text, or one over `max_doc_bytes` (kept aside truncated)."""
+    text = (r["text"] or "").strip()
+    if len(text) < min_chars:
+        r["drop_reason"], r["drop_detail"] = "empty_text", f"{r['meta']}: {len(text)} chars after extraction"
+    elif len(text) * 4 > max_doc_bytes and (size := len(text.encode())) > max_doc_bytes:
+        r["drop_reason"] = "too_large"
+        r["drop_detail"] = f"{r['meta']}: {size} bytes > limit {max_doc_bytes}; kept aside truncated"
+        r["text"] = text[:65_536]
+
+
+def _ingester(cfg: IngestConfig, work_dir: str, n_buckets: int, secrets: dict[str, str], chunk: int = 256):
+    """The part function: read one part of a file, extract each page and check each text in this
+    process, and yield tables of `chunk` documents. No HTML leaves the task; memory is one page, one
+    chunk of texts and the part's kept ids. The part's stats are what its reader saw: rows, non-document
+    WARC records, repairs, damage, and (first part of a file) the file's records counted apart. Its kept
+    ids go to `_ids/` for the duplicate-id pass (duplicates.py) before the part is committed."""
+
+    def process(spec: dict, stats: dict) -> Iterator[pa.Table]:
+        f = InputFile(**spec["file"])
+        seen: dict = {"skipped": {}, "repaired": {}}
         if f.format == "warc":
-            rows = read_warc(f, max_html_bytes, stats)
+            rows = read_warc(f, cfg.max_html_bytes, seen, spec.get("lo", 0), spec.get("hi"))
         elif f.format == "jsonl":
-            rows = read_jsonl(f, max_doc_bytes, stats)
+            rows = read_jsonl(f, cfg.max_doc_bytes, seen, spec.get("lo", 0), spec.get("hi"))
         else:
-            rows = read_parquet(f, max_doc_bytes, stats)
-        buf, n, damaged = [], 0, []
+            rows = read_parquet(f, cfg.max_doc_bytes, seen, spec["sub"], spec["of"])
+        buf, n, damaged, ids, places = [], 0, set(), [], []
         for r in rows:
-            for rule in r.pop("_repaired"):
-                stats["repaired"][rule] = stats["repaired"].get(rule, 0) + 1
-            if r["drop_reason"] in DAMAGED:
-                damaged.append(r["drop_reason"])
-            buf.append(r)
             n += 1
+            place = r.pop("_place")
+            for rule in r.pop("_repaired"):
+                seen["repaired"][rule] = seen["repaired"].get(rule, 0) + 1
+            html = r.pop("html")
+            if r["drop_reason"] is None:
+                if html is not None:
+                    extract_row(r, html, cfg.favour_precision, cfg.extract_timeout)
+                if r["drop_reason"] is None:
+                    check_text(r, cfg.max_doc_bytes, cfg.min_text_chars)
+            elif r["drop_reason"] in DAMAGED:
+                damaged.add(r["drop_reason"])
+            if r["drop_reason"] is None:
+                ids.append(r["id"])
+                places.append(redact.redact_text(place, secrets) if secrets else place)
+            buf.append(r)
             if len(buf) >= chunk:
-                yield pa.Table.from_pylist(buf, schema=RAW_SCHEMA)
+                yield pa.Table.from_pylist(buf, schema=DOC_WITH_DROP_SCHEMA)
                 buf = []
+        counted = count_records(f) if cfg.count_inputs and spec["sub"] == 0 else None
+        duplicates.write_ids(work_dir, spec["part"], ids, places, n_buckets)
         stats.update(
-            path=f.path, rows=n, damaged=sorted(set(damaged)), counted=count_records(f) if count else None
+            docs_in=n,  # what the reader gave, against what the writer counts
+            file=spec["index"],
+            path=f.path,
+            rows=n,
+            damaged=sorted(damaged),
+            counted=counted,
+            **seen,
         )
-        buf.append(
-            {"id": f"{STATS}/{f.rel}", "source": f.source, "drop_reason": STATS, "meta": json.dumps(stats)}
+        yield pa.Table.from_pylist(buf, schema=DOC_WITH_DROP_SCHEMA)  # the last, maybe empty and typed
+
+    return process
+
+
+def file_stats(part_stats: list[dict]) -> list[dict]:
+    """Per file, the figures of its parts added up (O(files))."""
+    by_file: dict[int, dict] = {}
+    for s in part_stats:
+        t = by_file.setdefault(
+            s["file"], {"path": s["path"], "rows": 0, "skipped": {}, "repaired": {}, "damaged": []}
         )
-        yield pa.Table.from_pylist(buf, schema=RAW_SCHEMA)
+        t["rows"] += s["rows"]
+        t["damaged"] = sorted(set(t["damaged"]) | set(s["damaged"]))
+        t["counted"] = t.get("counted") if s["counted"] is None else s["counted"]
+        for key in ("skipped", "repaired"):
+            for k, v in s[key].items():
+                t[key][k] = t[key].get(k, 0) + v
+    return [by_file[i] for i in sorted(by_file)]
 
 
 def check_counts(file_stats: list[dict]) -> dict:
@@ -125,144 +202,44 @@ def check_counts(file_stats: list[dict]) -> dict:
     read to its end is a reader losing or inventing records, which fails the stage naming the file."""
     for s in file_stats:
         seen = s["rows"] + sum(s["skipped"].values())
-        if s["counted"] is not None and not s["damaged"] and s["counted"] != seen:
+        if s.get("counted") is not None and not s["damaged"] and s["counted"] != seen:
             raise RuntimeError(
                 f"ingest: the reader of {s['path']} gave {s['rows']} rows and {sum(s['skipped'].values())} "
                 f"other WARC records, but the file holds {s['counted']} records"
             )
     return {
-        "files_checked": sum(s["counted"] is not None and not s["damaged"] for s in file_stats),
+        "files_checked": sum(s.get("counted") is not None and not s["damaged"] for s in file_stats),
         "files_damaged": sorted(s["path"] for s in file_stats if s["damaged"]),
         "files_empty": sorted(s["path"] for s in file_stats if not s["rows"] and not s["skipped"]),
     }
 
 
-def _check_text(batch: pa.Table, max_doc_bytes: int, min_chars: int) -> pa.Table:
-    rows = batch.to_pylist()
-    for r in rows:
-        if r["drop_reason"] is not None:
-            continue
-        text = (r["text"] or "").strip()
-        if len(text) < min_chars:
-            r["drop_reason"], r["drop_detail"] = (
-                "empty_text",
-                f"{r['meta']}: {len(text)} chars after extraction",
-            )
-        elif len(text) * 4 > max_doc_bytes and (size := len(text.encode())) > max_doc_bytes:
-            r["drop_reason"] = "too_large"
-            r["drop_detail"] = f"{r['meta']}: {size} bytes > limit {max_doc_bytes}; kept aside truncated"
-            r["text"] = text[:65_536]
-    return pa.Table.from_pylist(rows, schema=batch.schema)
-
-
-def _kept_rows(batch: pa.Table, columns: list[str], ids: list[str] | None = None) -> pa.Table:
-    keep = pc.is_null(batch["drop_reason"])
-    if ids is not None:
-        keep = pc.and_(keep, pc.is_in(batch["id"], pa.array(ids, pa.string())))
-    return batch.filter(keep).select(columns)
-
-
-def _place(meta: str) -> tuple:
-    """A record's place, for choosing which of several with one id is kept: the first in file order."""
-    m = json.loads(meta)
-    kind, _, n = m["pos"].partition(" ")
-    return (m["file"], kind, int(n) if n.isdigit() else 0)
-
-
-def _drop_duplicates(batch: pa.Table, keeper: dict[str, str]) -> pa.Table:
-    rows = batch.to_pylist()
-    for r in rows:
-        first = keeper.get(r["id"])
-        if r["drop_reason"] is None and first is not None and r["meta"] != first:
-            r["drop_reason"] = "duplicate_id"
-            r["drop_detail"] = f"{r['meta']}: id {r['id']} is already the id of {first}"[:2000]
-    return pa.Table.from_pylist(rows, schema=batch.schema)
-
-
-def _repeated(counts: pa.Table) -> pa.Table:
-    return counts.filter(pc.greater(counts["count()"], 1))
-
-
-def mark_duplicate_ids(ds: "ray.data.Dataset") -> tuple["ray.data.Dataset", int]:
-    """Records that carry an id already given to another (a JSONL id, a WARC-Record-ID) are dropped as
-    `duplicate_id`, except the first in file order, so every later stage can key on the id and the choice
-    does not depend on scheduling. Returns the dataset and how many ids were duplicated."""
-    ids = ds.map_batches(_kept_rows, fn_kwargs=dict(columns=["id"]), batch_format="pyarrow")
-    counts = ids.groupby("id").count().map_batches(_repeated, batch_format="pyarrow")
-    dup = [r["id"] for r in counts.take_all()]
-    if not dup:
-        return ds, 0
-    places = ds.map_batches(
-        _kept_rows, fn_kwargs=dict(columns=["id", "meta"], ids=dup), batch_format="pyarrow"
-    )
-    keeper: dict[str, str] = {}
-    for r in places.take_all():
-        if r["id"] not in keeper or _place(r["meta"]) < _place(keeper[r["id"]]):
-            keeper[r["id"]] = r["meta"]
-    return ds.map_batches(_drop_duplicates, fn_kwargs=dict(keeper=keeper), batch_format="pyarrow"), len(dup)
-
-
-def _stats_rows(batch: pa.Table, keep: bool) -> pa.Table:
-    is_stats = pc.fill_null(pc.equal(batch["drop_reason"], STATS), False)
-    return batch.filter(is_stats if keep else pc.invert(is_stats))
-
-
 def run(ctx: StageContext) -> StageOutput:
-    import ray
-
     cfg: IngestConfig = ctx.section
     unknown: list[str] = []
     files = expand_inputs(cfg, unknown)
-    specs = [{"spec": json.dumps(f.__dict__)} for f in files]
-    ds = (
-        ray.data.from_items(specs, override_num_blocks=len(specs))
-        # Reading is light (decompression, parsing); a different CPU share keeps Ray from fusing it with the
-        # extraction below, so extraction, the slow part, spreads over all workers even when one file
-        # dominates.
-        .map_batches(
-            _read_files,
-            batch_size=1,
-            num_cpus=0.5,
-            fn_kwargs=dict(
-                max_doc_bytes=cfg.max_doc_bytes, max_html_bytes=cfg.max_html_bytes, count=cfg.count_inputs
-            ),
-        )
-        .repartition(target_num_rows_per_block=16)
-        .map_batches(
-            extract_html,
-            fn_kwargs=dict(favour_precision=cfg.favour_precision, timeout=cfg.extract_timeout),
-            batch_format="pyarrow",
-        )
-        .map_batches(
-            _check_text,
-            batch_format="pyarrow",
-            fn_kwargs=dict(max_doc_bytes=cfg.max_doc_bytes, min_chars=cfg.min_text_chars),
-        )
-        .materialize()
-    )
-    file_stats = [
-        json.loads(row["meta"])
-        for row in ds.map_batches(_stats_rows, fn_kwargs=dict(keep=True), batch_format="pyarrow").take_all()
-    ]
+    todo = plan(files, cfg.part_bytes)
+    n_buckets = duplicates.buckets_for(len(todo))
+    first = ctx.run_parts(todo, functools.partial(_ingester, cfg, ctx.work_dir, n_buckets, ctx.secrets))
+    res, rewritten = duplicates.mark_duplicate_ids(todo, ctx.work_dir, ctx.secrets, first.parts_reused)
+    stats = file_stats(res.stats)
     skipped: dict[str, int] = {}
     repaired: dict[str, int] = {}
-    for st in file_stats:
+    for st in stats:
         for total, part in ((skipped, st["skipped"]), (repaired, st["repaired"])):
             for k, v in part.items():
                 total[k] = total.get(k, 0) + v
-    docs, duplicated = mark_duplicate_ids(ds)
-    docs = docs.map_batches(_stats_rows, fn_kwargs=dict(keep=False), batch_format="pyarrow")
     return StageOutput(
-        docs,
+        parts=res,
         # counted by the readers, before extraction and checks: the runner compares it with what is written
-        docs_in=sum(st["rows"] for st in file_stats),
+        docs_in=sum(st["rows"] for st in stats),
         details={
             "files": len(files),
             "files_skipped_unknown_format": unknown,
-            "non_document_warc_records": skipped,
+            "non_document_warc_records": dict(sorted(skipped.items())),
             "repaired": dict(sorted(repaired.items())),
-            "ids_duplicated": duplicated,
-            **(check_counts(file_stats) if cfg.count_inputs else {}),
+            "parts_rewritten_for_duplicate_ids": rewritten,
+            **(check_counts(stats) if cfg.count_inputs else {}),
         },
     )
 
@@ -272,4 +249,4 @@ def input_files(config) -> list[str]:
     return [f.path for f in expand_inputs(config.ingest)]
 
 
-STAGE = Stage("ingest", run, outside_files=input_files)
+STAGE = Stage("ingest", run, outside_files=input_files, resumes=True)
