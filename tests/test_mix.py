@@ -232,8 +232,9 @@ def test_same_seed_same_bytes_other_seed_other_order(ray_local, upstream, tmp_pa
     other["seed"] = 8
     c = _run(upstream, tmp_path, mix=other, name="c")
     for phase in ("phase1", "phase2"):
-        files = sorted(p.name for p in (a / "mix" / phase).iterdir())
-        assert files == sorted(p.name for p in (b / "mix" / phase).iterdir())
+        files = _files(a / "mix" / phase)
+        assert files == _files(b / "mix" / phase)
+        assert any(f.parent.name == "documents.parquet" for f in files)
         for f in files:  # the manifests name their own directory (absolute blend prefixes): a's, b's
             here = (a / "mix" / phase / f).read_bytes().replace(str(a).encode(), str(b).encode())
             assert here == (b / "mix" / phase / f).read_bytes(), f
@@ -248,6 +249,11 @@ def test_same_seed_same_bytes_other_seed_other_order(ray_local, upstream, tmp_pa
     p1c = pq.read_table(c / "mix" / "phase1" / "documents.parquet").to_pandas()
     web = lambda d: sorted(d[d["source"] == "web"]["id"])  # noqa: E731
     assert web(p1a) == web(p1c)
+
+
+def _files(directory) -> list:
+    """Every file under a phase directory (documents.parquet is a directory of parts), relative to it."""
+    return sorted(p.relative_to(directory) for p in directory.rglob("*") if p.is_file())
 
 
 def test_read_tasks_cover_every_row_once_largest_first(tmp_path, monkeypatch):
@@ -296,12 +302,11 @@ def test_mix_runs_with_fewer_free_cpus_than_the_cluster_has(ray_local, upstream,
         ray_local.kill(hog)
     free = _run(upstream, tmp_path, name="free")
     for phase in ("phase1", "phase2"):
-        for f in sorted((free / "mix" / phase).iterdir()):
+        assert _files(busy / "mix" / phase) == _files(free / "mix" / phase)
+        for f in _files(free / "mix" / phase):
             # manifests name their shards by absolute path: compare with the output path swapped
-            there = (
-                (busy / "mix" / phase / f.name).read_bytes().replace(str(busy).encode(), str(free).encode())
-            )
-            assert there == f.read_bytes(), f
+            there = (busy / "mix" / phase / f).read_bytes().replace(str(busy).encode(), str(free).encode())
+            assert there == (free / "mix" / phase / f).read_bytes(), f
 
 
 def test_impossible_recipe_names_the_numbers(ray_local, upstream, tmp_path):

@@ -131,7 +131,9 @@ class _ReadAndTokenize:
             stage = t["stage"]
             with _parquet(t["path"]) as pf:
                 table = pf.read_row_groups(
-                    range(t["first"], t["last"]), columns=["text", *self.columns[stage]], use_threads=False
+                    range(t["first"], t["last"]),
+                    columns=sorted({"text", *self.columns[stage]}),
+                    use_threads=False,
                 )
             table = table.slice(t["start"], t["stop"] - t["start"])
             texts = table["text"].to_pylist()
