@@ -37,6 +37,9 @@ class RayConfig(Section):
     num_cpus: int | None = Field(None, ge=1)  # in-process Ray only; default: all cores
     object_store_memory_mb: int | None = Field(None, ge=64)  # in-process Ray only
     progress_bars: bool = True  # Ray Data progress bars on the console
+    # in-process Ray only: each worker's memory cap (RLIMIT_DATA); a task past it fails the stage with
+    # "ran out of memory" instead of the kernel's OOM killer stopping some process; null: no cap
+    worker_memory_mb: int | None = Field(None, ge=256)
 
 
 class _Recipe(Section):

@@ -10,9 +10,11 @@ by naming its field that way.
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import os
 import re
+from typing import Callable
 
 import pyarrow as pa
 import pyarrow.compute as pc
@@ -101,3 +103,30 @@ class RedactingFilter(logging.Filter):
         if any(v in msg for v in self.secrets):
             record.msg, record.args = redact_text(msg, self.secrets), None
         return True
+
+
+def _redacting_factory(make: Callable[..., logging.LogRecord], secrets: dict[str, str]):
+    def factory(*args, **kwargs) -> logging.LogRecord:
+        record = make(*args, **kwargs)
+        msg = record.getMessage()
+        if any(v in msg for v in secrets):
+            record.msg, record.args = redact_text(msg, secrets), None
+        if record.exc_info and record.exc_info[1] is not None:
+            text = logging.Formatter().formatException(record.exc_info)
+            if any(v in text for v in secrets):  # the traceback is formatted from exc_text from now on
+                record.exc_text, record.exc_info = redact_text(text, secrets), None
+        return record
+
+    return factory
+
+
+@contextlib.contextmanager
+def redacted_records(secrets: dict[str, str]):
+    """Every log record made in this process, by any logger for any handler (Ray Data's own log file has
+    its own), loses the secrets from its message and traceback when it is made, for the block."""
+    make = logging.getLogRecordFactory()
+    logging.setLogRecordFactory(_redacting_factory(make, secrets))
+    try:
+        yield
+    finally:
+        logging.setLogRecordFactory(make)

@@ -98,11 +98,16 @@ def _remove_stale_work_dirs(output: str, stage: str, keep: str | None) -> None:
 
 
 def _causes(e: BaseException):
+    """`e` and what caused it, through Ray's task errors (whose `cause` is the worker's exception)."""
     seen = set()
-    while e is not None and id(e) not in seen:
+    todo = [e]
+    while todo:
+        e = todo.pop()
+        if e is None or id(e) in seen:
+            continue
         seen.add(id(e))
         yield e
-        e = e.__cause__ or e.__context__
+        todo += [e.__context__, e.__cause__, getattr(e, "cause", None)]
 
 
 def _brief(e: BaseException) -> str:
@@ -128,6 +133,11 @@ def resource_error(
             return UserError(
                 f"stage '{stage}': a Ray worker ran out of memory (writing under {where}); give the "
                 f"stage fewer parallel tasks or more memory. Ray said: {str(x)[:2000]}"
+            )
+        if isinstance(x, MemoryError) and not isinstance(x, ray.exceptions.RayError):
+            return UserError(  # a worker past ray.worker_memory_mb, or a failed allocation on the driver
+                f"stage '{stage}': memory ran out in a worker (writing under {where}): {_brief(x)[:500]}; "
+                "raise ray.worker_memory_mb or give the stage smaller batches or fewer parallel tasks"
             )
     probe_dir = probe_dir or where
     if "://" in probe_dir or not os.path.isdir(probe_dir):
@@ -262,8 +272,9 @@ def run_pipeline(
         stack.enter_context(ownership.claim(config.run.output, ownership.config_inputs(config), log))
         if secrets:
             stack.enter_context(_redacted_logging(secrets))
+            stack.enter_context(redact.redacted_records(secrets))
         try:
-            init_ray(config.ray)
+            init_ray(config.ray, tuple(redact.secret_env_names(config)))
             return _run_stages(config, selected, force, log)
         except Exception as e:
             redact.redact_exception(e, secrets)
@@ -304,6 +315,11 @@ def _run_stages(config: Config, selected: list[str], force: bool, log: Callable[
             records.append({**old, "skipped": True})
             continue
         log(f"[{name}] running")
+        empty = [
+            up for up in BY_NAME[name].inputs(config) if read_record(config.run.output, up)["docs_out"] == 0
+        ]
+        if empty:  # a normal outcome (strict rules, an empty input): the stage completes with an empty part
+            log(f"[{name}] {' and '.join(empty)} kept no documents: {name} runs on an empty input")
         rec = run_stage(stage, config, fingerprint)
         log(
             f"[{name}] done in {rec['wall_s']:.1f}s: {rec['docs_in']} in, {rec['docs_out']} kept, "

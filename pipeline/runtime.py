@@ -12,7 +12,7 @@ import ray
 
 import pipeline
 from pipeline.config import RayConfig
-from pipeline.workerpath import guard
+from pipeline.workersetup import setup
 
 logger = logging.getLogger(__name__)
 # the directory that holds the project's packages (pipeline, synth, classifiers, train_handoff)
@@ -39,18 +39,21 @@ def _start_reaper() -> None:
         logger.warning("no watcher for the in-process Ray (%s): a killed run may leave Ray processes", e)
 
 
-def init_ray(cfg: RayConfig) -> None:
+def init_ray(cfg: RayConfig, secret_envs: tuple[str, ...] = ()) -> None:
     """Connect once per process. Under `ray job submit`, RAY_ADDRESS is set and this joins that cluster.
 
-    Workers never import from the directory the driver runs in (see pipeline/workerpath.py); under
-    `ray job submit` the job's own runtime_env (working_dir) already keeps that directory off their path."""
+    Workers never import from the directory the driver runs in, scrub the values of `secret_envs` (names
+    of environment variables) from what they print and log, and, on an in-process Ray, keep to
+    `cfg.worker_memory_mb` (pipeline/workersetup.py). Under `ray job submit` the job's own runtime_env
+    (working_dir) already keeps that directory off their path, and the hook is not installed."""
     if ray.is_initialized():
         return
     address = cfg.address or os.environ.get("RAY_ADDRESS")
     kwargs: dict = {"logging_level": logging.WARNING, "log_to_driver": True}
     if "RAY_JOB_CONFIG_JSON_ENV_VAR" not in os.environ:
-        hook = functools.update_wrapper(functools.partial(guard, _driver_dirs()), guard)  # Ray needs __name__
-        kwargs["runtime_env"] = {"worker_process_setup_hook": hook}
+        memory = cfg.worker_memory_mb * 2**20 if cfg.worker_memory_mb and not address else None
+        hook = functools.partial(setup, _driver_dirs(), memory, tuple(secret_envs))
+        kwargs["runtime_env"] = {"worker_process_setup_hook": functools.update_wrapper(hook, setup)}
     if address:
         ray.init(address=address, **kwargs)
     else:  # "local": always a new in-process Ray, never some other Ray that happens to run on this machine
