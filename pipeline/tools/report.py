@@ -89,7 +89,9 @@ def sample(files: list[str], columns: list[str], n: int | None = None, seed: int
         held += t.num_rows
         if held >= n:
             break
-    return pa.concat_tables(got) if got else pa.schema([]).empty_table()
+    if not got:  # no row group at all (an empty stage): its typed empty columns
+        return pa.schema([_schema(files).field(c) for c in columns]).empty_table()
+    return pa.concat_tables(got)
 
 
 def value_counts(files: list[str], column: str) -> dict:
