@@ -182,7 +182,8 @@ def stale_reason(lock: dict, now: float | None = None) -> str | None:
 class OutputLock:
     """The lock of one output. Local: an flock on the lock file (the kernel drops it when the holder dies,
     even by SIGKILL), with the holder written in it. Object store: the lock object with a heartbeat,
-    refreshed by a thread; created with a conditional write where the store has one (S3 If-None-Match)."""
+    refreshed by a thread. On S3 every write is conditional: created with If-None-Match, taken over from a
+    dead run, refreshed and deleted with If-Match on the ETag read, so of two runs racing, one wins."""
 
     def __init__(self, output: str, log: Callable[[str], None] = logger.warning):
         self.output = output
@@ -198,6 +199,7 @@ class OutputLock:
             "token": uuid.uuid4().hex,
         }
         self._fd: int | None = None
+        self._etag: str | None = None  # of the lock object this run wrote (S3 with boto3)
         self._stop = threading.Event()
         self._thread: threading.Thread | None = None
 
@@ -240,39 +242,75 @@ class OutputLock:
         self._fd = fd
 
     # object stores
+    def _s3(self):
+        """(client, bucket, key) of the lock on S3, where boto3 gives conditional writes; else None."""
+        try:
+            import boto3
+        except ImportError:  # pyarrow's S3 filesystem has no conditional write
+            return None
+        if not self.uri.startswith("s3://"):
+            return None
+        bucket, key = self.uri[5:].split("/", 1)
+        return boto3.client("s3"), bucket, key
+
+    def _read_remote(self) -> tuple[dict, str | None]:
+        """The lock's content and its ETag (None without boto3)."""
+        s3 = self._s3()
+        if s3 is None:
+            return storage.read_json(self.uri) or {}, None
+        client, bucket, key = s3
+        try:
+            got = client.get_object(Bucket=bucket, Key=key)
+        except client.exceptions.NoSuchKey:
+            return {}, None
+        try:
+            return json.loads(got["Body"].read() or b"{}"), got["ETag"]
+        except ValueError:
+            return {}, got["ETag"]
+
     def _acquire_remote(self) -> None:
-        old = storage.read_json(self.uri)
-        if old:
-            why = stale_reason(old)
+        old, etag = self._read_remote()
+        if old or etag is not None:
+            why = stale_reason(old) if old else "the lock object is unreadable"
             if why is None:
                 raise self._refuse(old)
+            if etag is not None:
+                taken = self._put_remote(if_match=etag)  # False: another run took it over first
+            else:
+                storage.remove_file(self.uri)
+                taken = self._create_remote()
+            if not taken:
+                raise self._refuse(self._read_remote()[0])
             self._took_over(old, why)
-            storage.remove_file(self.uri)
-        if not self._create_remote():
-            raise self._refuse(storage.read_json(self.uri) or {})
+        elif not self._create_remote():
+            raise self._refuse(self._read_remote()[0])
         self._thread = threading.Thread(target=self._beat, name="phicurate-lock-heartbeat", daemon=True)
         self._thread.start()
 
+    def _put_remote(self, if_match: str | None = None) -> bool:
+        """Write the lock on S3 only if there is none (or, with `if_match`, only if it is still the object
+        with that ETag): of two runs racing for it, exactly one wins. False for the loser."""
+        import botocore.exceptions
+
+        client, bucket, key = self._s3()
+        body = (json.dumps(self.info, indent=2) + "\n").encode()
+        cond = {"IfMatch": if_match} if if_match else {"IfNoneMatch": "*"}
+        try:
+            self._etag = client.put_object(Bucket=bucket, Key=key, Body=body, **cond)["ETag"]
+            return True
+        except botocore.exceptions.ClientError as e:
+            if e.response.get("Error", {}).get("Code") in (
+                "PreconditionFailed",
+                "ConditionalRequestConflict",
+                "NoSuchKey",
+            ):
+                return False
+            raise
+
     def _create_remote(self) -> bool:
         """Write the lock only if there is none; False if another run wrote one first."""
-        body = (json.dumps(self.info, indent=2) + "\n").encode()
-        try:
-            import boto3
-            import botocore.exceptions
-        except ImportError:  # the conditional write needs boto3; pyarrow's S3 filesystem has none
-            boto3 = None
-        if self.uri.startswith("s3://") and boto3 is not None:
-            bucket, key = self.uri[5:].split("/", 1)
-            try:
-                boto3.client("s3").put_object(Bucket=bucket, Key=key, Body=body, IfNoneMatch="*")
-                return True
-            except botocore.exceptions.ClientError as e:
-                if e.response.get("Error", {}).get("Code") in (
-                    "PreconditionFailed",
-                    "ConditionalRequestConflict",
-                ):
-                    return False
-                raise
+        if self._s3() is not None:
+            return self._put_remote()
         # stores without a conditional write: write, then read back; the last writer wins, the other refuses
         storage.write_json(self.uri, self.info)
         time.sleep(1.0)
@@ -280,12 +318,18 @@ class OutputLock:
 
     def _beat(self) -> None:
         while not self._stop.wait(HEARTBEAT_S):
-            cur = storage.read_json(self.uri) or {}
-            if cur.get("token") != self.info["token"]:
-                logger.error("%s: the output's lock was taken by %s", self.output, _holder(cur))
-                return
             self.info["heartbeat_ts"] = time.time()
-            storage.write_json(self.uri, self.info)
+            if self._etag is not None:  # rewritten only if it is still the object this run wrote
+                if self._put_remote(if_match=self._etag):
+                    continue
+                cur = self._read_remote()[0]
+            else:
+                cur = storage.read_json(self.uri) or {}
+                if cur.get("token") == self.info["token"]:
+                    storage.write_json(self.uri, self.info)
+                    continue
+            logger.error("%s: the output's lock was taken by %s", self.output, _holder(cur))
+            return
 
     def acquire(self) -> "OutputLock":
         if _is_local(self.output):
@@ -304,6 +348,17 @@ class OutputLock:
         self._stop.set()
         if self._thread is not None:
             self._thread.join(timeout=5)
+        if self._etag is not None:  # deleted only if it is still the object this run wrote
+            import botocore.exceptions
+
+            client, bucket, key = self._s3()
+            try:
+                client.delete_object(Bucket=bucket, Key=key, IfMatch=self._etag)
+                return
+            except botocore.exceptions.ClientError as e:
+                if e.response.get("Error", {}).get("Code") in ("PreconditionFailed", "NoSuchKey"):
+                    return  # another run's lock now: not ours to delete
+                # a store without conditional deletes: the check below
         if (storage.read_json(self.uri) or {}).get("token") == self.info["token"]:
             storage.remove_file(self.uri)
 

@@ -9,10 +9,12 @@ from __future__ import annotations
 import json
 import os
 import re
+import shutil
 import signal
 import socket
 import subprocess
 import sys
+import tempfile
 import textwrap
 import threading
 import time
@@ -27,7 +29,7 @@ import pytest
 from pipeline import ownership, storage
 from pipeline.config import load_config
 from pipeline.errors import UserError
-from pipeline.runner import run_pipeline
+from pipeline.runner import read_record, run_pipeline
 from pipeline.stages.train.stage import train_command
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -207,6 +209,31 @@ def test_object_store_lock_refuses_then_takes_over_dead_and_expired_holders(s3_b
     lock.release()
 
 
+def test_two_runs_taking_over_one_dead_lock_on_s3_exactly_one_wins(s3_bucket):
+    """Both read the dead run's lock; each takes it over with a write conditional on the ETag it read
+    (If-Match): the second write fails, so the second run refuses instead of both holding the output. A
+    run whose lock was taken over does not delete the new holder's lock when it ends."""
+    out = f"{s3_bucket}/run"
+    uri = f"{out}/{ownership.LOCK}"
+    dead = {"host": "another-host", "pid": 1, "start": "then", "start_ts": 0.0, "token": "x"}
+    storage.write_json(uri, {**dead, "heartbeat_ts": time.time() - 3600})
+    a, b = ownership.OutputLock(out), ownership.OutputLock(out)
+    (seen_a, etag_a), (seen_b, etag_b) = a._read_remote(), b._read_remote()
+    assert seen_a == seen_b and seen_a["token"] == "x" and etag_a == etag_b
+    assert a._put_remote(if_match=etag_a)
+    assert not b._put_remote(if_match=etag_b)
+    assert storage.read_json(uri)["token"] == a.info["token"]
+    with pytest.raises(UserError, match="in use by another phicurate run"):
+        b.acquire()
+
+    c = ownership.OutputLock(out)  # a's heartbeat lapsed and a later run took its lock over
+    assert c._put_remote(if_match=a._etag)
+    a.release()
+    assert storage.read_json(uri)["token"] == c.info["token"]
+    c.release()
+    assert not storage.exists(uri)
+
+
 # 3. bounded configs
 
 
@@ -267,7 +294,7 @@ class _EchoKey(BaseHTTPRequestHandler):
 
 
 @pytest.mark.slow  # a subprocess with its own Ray or torch: ~40 s
-def test_canary_key_echoed_by_the_endpoint_is_in_no_file_of_the_output(write_config, tmp_path):
+def test_canary_key_echoed_by_the_endpoint_is_in_no_file_of_the_output(write_config, tmp_path, ray_tmp):
     """`phicurate run` and `phicurate report` as a user runs them, the key exported in the environment (so
     the in-process Ray's workers, which send the requests, have it); the endpoint quotes it in every 500."""
     server = ThreadingHTTPServer(("127.0.0.1", 0), _EchoKey)
@@ -320,7 +347,7 @@ def test_canary_key_echoed_by_the_endpoint_is_in_no_file_of_the_output(write_con
             },
         }
     )
-    env = {**_env(), "PHICURATE_TEST_KEY": CANARY}
+    env = {**_env(), "PHICURATE_TEST_KEY": CANARY, "RAY_TMPDIR": str(ray_tmp)}
     try:
         ran = subprocess.run(
             [sys.executable, "-m", "pipeline", "run", str(path), "--stages", "synth"],
@@ -352,6 +379,86 @@ def test_canary_key_echoed_by_the_endpoint_is_in_no_file_of_the_output(write_con
     assert (out / "report.html").is_file() and len(files) > 5
     assert not [str(p) for p in files if CANARY.encode() in p.read_bytes()]
     assert CANARY not in ran.stdout + ran.stderr + report.stdout + report.stderr
+    assert _files_holding(ray_tmp, CANARY) == []  # Ray's own session logs
+
+
+@pytest.fixture
+def ray_tmp():
+    """A Ray temp directory of its own, with a short path (Ray's socket paths must stay under 108 bytes)."""
+    d = Path(tempfile.mkdtemp(prefix="phc-ray-", dir="/tmp"))
+    yield d
+    shutil.rmtree(d, ignore_errors=True)
+
+
+def _files_holding(root: Path, text: str) -> list[str]:
+    files = [p for p in root.rglob("*") if p.is_file() and not p.is_symlink()]
+    assert files, f"nothing under {root}"
+    return [str(p.relative_to(root)) for p in files if text.encode() in p.read_bytes()]
+
+
+LEAKY_WORKER = textwrap.dedent(
+    """
+    import logging, os, sys
+    import ray
+    import ray.data
+    from pipeline import redact
+    from pipeline.config import RayConfig
+    from pipeline.runtime import init_ray
+
+    names = tuple(sys.argv[1:])
+    init_ray(RayConfig(num_cpus=1, object_store_memory_mb=128, progress_bars=False), names)
+
+    @ray.remote
+    def call_endpoint():  # what a client library does when an endpoint's error quotes the key
+        key = os.environ["PHICURATE_TEST_KEY"]
+        log = logging.getLogger("openai")
+        log.error("endpoint refused key %s", key)
+        print(f"retrying with {key}", flush=True)
+        print(f"warning: {key} rejected", file=sys.stderr, flush=True)
+        try:
+            raise ValueError(f"401 for key {key}")
+        except ValueError:
+            log.exception("request failed")
+        raise RuntimeError(f"gave up with key {key}")
+
+    def failing_batch(batch):
+        raise RuntimeError("bad key " + os.environ["PHICURATE_TEST_KEY"])
+
+    # the driver side of a run: every log record is redacted, as run_pipeline does
+    with redact.redacted_records({os.environ["PHICURATE_TEST_KEY"]: "[redacted]"} if names else {}):
+        for run in (lambda: ray.get(call_endpoint.remote()), lambda: ray.data.range(2).map_batches(
+            failing_batch).materialize()):
+            try:
+                run()
+            except Exception as e:
+                print("FAILED AS EXPECTED", type(e).__name__, flush=True)
+    ray.shutdown()
+    """
+)
+
+
+@pytest.mark.slow  # a subprocess with its own Ray: ~40 s
+def test_a_worker_logging_the_key_leaves_it_in_no_ray_log_file(ray_tmp):
+    """A Ray worker that logs, prints and raises the key: Ray keeps its stdout and stderr in the session's
+    `worker-*.out/.err` and the driver's Ray Data log in `ray-data.log`; none of them holds the key when
+    the secret's name is given to init_ray (as run_pipeline does). Without it, they do."""
+    leaks = {}
+    for names in ((), ("PHICURATE_TEST_KEY",)):
+        tmp = ray_tmp / f"r{len(names)}"
+        env = {**_env(), "PHICURATE_TEST_KEY": CANARY, "RAY_TMPDIR": str(tmp)}
+        done = subprocess.run(
+            [sys.executable, "-c", LEAKY_WORKER, *names],
+            cwd=ROOT,
+            env=env,
+            capture_output=True,
+            text=True,
+            timeout=300,
+        )
+        assert done.returncode == 0 and done.stdout.count("FAILED AS EXPECTED") == 2, done.stderr[-3000:]
+        leaks[names] = (_files_holding(tmp, CANARY), CANARY in done.stdout + done.stderr)
+    unguarded, guarded = leaks[()], leaks[("PHICURATE_TEST_KEY",)]
+    assert any(f.endswith(".err") for f in unguarded[0]) and unguarded[1], unguarded  # the test can fail
+    assert guarded == ([], False), guarded
 
 
 # 5. no surprise code
@@ -514,3 +621,92 @@ def test_a_shared_state_directory_keeps_the_other_runs_checkpoints(write_config,
         train_command(configs[1])
     assert sorted(p.relative_to(shared) for p in shared.rglob("*")) == before
     train_command(configs[0])  # the run it belongs to starts afresh over it, as before
+
+
+@pytest.fixture
+def small_disk(tmp_path):
+    """A 6 MiB tmpfs: a disk that really fills (mounting needs root with CAP_SYS_ADMIN, as in CI's container;
+    where it is not allowed, these tests skip and the file size limit test above covers the mapping)."""
+    disk = tmp_path / "disk"
+    disk.mkdir()
+    done = subprocess.run(["mount", "-t", "tmpfs", "-o", "size=6m", "tmpfs", str(disk)], capture_output=True)
+    if done.returncode:
+        pytest.skip(f"cannot mount a tmpfs here: {done.stderr.decode().strip()}")
+    yield disk
+    subprocess.run(["umount", "-l", str(disk)], check=False)
+
+
+def _fill(disk: Path, leave: int) -> Path:
+    """A ballast file that leaves `leave` bytes free on `disk`."""
+    st = os.statvfs(disk)
+    ballast = disk / "ballast"
+    with open(ballast, "wb") as f:
+        f.write(b"\0" * max(0, st.f_bavail * st.f_frsize - leave))
+    return ballast
+
+
+def test_disk_full_in_a_stage_by_part_names_it_and_a_rerun_after_freeing_space_reuses_its_parts(
+    small_disk, write_config, tmp_path, ray_local
+):
+    """annotate (one actor: parts one after another) on a disk with room for about three of its eight
+    parts: the run fails naming the stage, the output and the cause; after the space is freed, the rerun
+    completes and reuses the parts committed before the disk filled."""
+    from pipeline import parts
+    from tests.test_signals import _onestopenglish
+
+    texts = _onestopenglish(80)
+    corpus = tmp_path / "corpus"
+    corpus.mkdir()
+    for i in range(8):
+        rows = [{"id": f"f{i}-{j}", "text": t} for j, t in enumerate(texts[i * 10 : i * 10 + 10])]
+        (corpus / f"docs{i}.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows))
+    out = small_disk / "out"
+    cfg = {
+        "run": {"output": str(out)},
+        "ingest": {"inputs": [{"path": str(corpus), "source": "web/test"}]},
+        "annotate": {"workers": 1, "batch_size": 16},
+    }
+    config = load_config(write_config(cfg))
+    [ingest] = run_pipeline(config, stages=["ingest"], log=lambda m: None)
+    todo = parts.upstream_parts(str(out / "ingest"))
+    assert len(todo) >= 4, todo  # enough parts that some commit before the disk fills
+    sizes = sorted(os.path.getsize(p.spec["file"]) for p in todo)
+    ballast = _fill(small_disk, leave=3 * (2 * sizes[-1] + 8192))  # kept file with signals + commit page
+    with pytest.raises(UserError) as e:
+        run_pipeline(config, log=lambda m: None)
+    msg = str(e.value)
+    assert re.match(rf"stage 'annotate': no space left on the device (writing|under) {out}", msg), msg
+    assert read_record(str(out), "annotate") is None
+    [work] = out.glob(".annotate.tmp-*")
+    committed = len(list((work / parts.COMMITS).glob("*.json")))
+    assert 0 < committed < len(todo), committed
+
+    ballast.unlink()
+    recs = run_pipeline(config, log=lambda m: None)
+    ann = next(r for r in recs if r["stage"] == "annotate")
+    assert ann["parts"] == len(todo) and ann["parts_reused"] == committed
+    assert ann["docs_in"] == ann["docs_out"] == ingest["docs_out"]
+
+
+@pytest.mark.slow  # a short training run: ~1 min
+def test_disk_full_in_train_names_the_stage_the_path_and_the_cause_and_a_rerun_completes(
+    small_disk, write_config, tmp_path
+):
+    """train's checkpoint writer (torch) says only "unexpected pos"; the runner finds the full disk."""
+    from test_train import TRAIN, write_mix
+
+    out = small_disk / "out"
+    write_mix(out)
+    path = write_config(
+        {"run": {"output": str(out)}, "ingest": {"inputs": [{"path": DOCS, "source": "w/x"}]}, "train": TRAIN}
+    )
+    config = load_config(path)
+    ballast = _fill(small_disk, leave=256 * 1024)
+    with pytest.raises(UserError) as e:
+        train_command(config)
+    msg = str(e.value)
+    assert re.match(rf"stage 'train': no space left on the device (writing|under) {out}", msg), msg
+    assert read_record(str(out), "train") is None
+    ballast.unlink()
+    rec = train_command(config)
+    assert rec["status"] == "complete"
