@@ -206,9 +206,11 @@ def run_parts(
     secrets: dict[str, str] | None = None,
     actors: int | None = None,
     num_cpus: float = 1.0,
+    num_gpus: float = 0.0,
 ) -> PartsResult:
     """Run every part not yet committed in `work_dir`, one Ray task per part (or an actor pool of
-    `actors` actors, for a `factory` that loads models), and total the commit records of all parts.
+    `actors` actors, for a `factory` that loads models; `num_gpus` each for one that holds an engine),
+    and total the commit records of all parts.
 
     `factory()` is called where the parts run and returns the function that computes one part."""
     import ray.data
@@ -226,6 +228,8 @@ def run_parts(
         items = [{"part": json.dumps({"name": p.name, "spec": p.spec})} for p in todo]
         ds = ray.data.from_items(items, override_num_blocks=len(items))
         kwargs = dict(batch_size=1, num_cpus=num_cpus, zero_copy_batch=True)
+        if num_gpus:
+            kwargs["num_gpus"] = num_gpus
         if actors:
             ds = ds.map_batches(
                 _Runner,

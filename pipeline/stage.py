@@ -36,11 +36,28 @@ class StageContext:
 
         return parts.upstream_parts(storage.join(self.output, stage), max_rows or parts.PART_ROWS)
 
-    def run_parts(self, todo: "list[Part]", factory, actors: int | None = None, num_cpus: float = 1.0):
-        """Run and commit the parts not committed by an earlier attempt; see pipeline/parts.py."""
+    def run_parts(
+        self,
+        todo: "list[Part]",
+        factory,
+        actors: int | None = None,
+        num_cpus: float = 1.0,
+        num_gpus: float = 0.0,
+        work_dir: str | None = None,
+    ):
+        """Run and commit the parts not committed by an earlier attempt; see pipeline/parts.py. `work_dir`
+        (default: the stage's) for parts that are a step before the stage's output (synth's generations)."""
         from pipeline import parts
 
-        return parts.run_parts(todo, factory, self.work_dir, self.secrets, actors=actors, num_cpus=num_cpus)
+        return parts.run_parts(
+            todo,
+            factory,
+            work_dir or self.work_dir,
+            self.secrets,
+            actors=actors,
+            num_cpus=num_cpus,
+            num_gpus=num_gpus,
+        )
 
     @property
     def section(self) -> Any:

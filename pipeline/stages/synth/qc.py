@@ -2,20 +2,21 @@
 
 The checks reuse the web path's pieces rather than copies of them: the signal columns of `annotate`
 (pipeline.stages.annotate.signals: language ID, Gopher/C4/FineWeb values, edu_score) judged by select-style
-rules
-(pipeline.stages.select.rules), then decontamination (pipeline.stages.decontaminate) and dedup against the
-generations
-themselves and the web (pipeline.stages.dedup). A generation is dropped by the first check it fails.
+rules (pipeline.stages.select.rules), then decontamination (pipeline.stages.decontaminate) and dedup
+against the generations themselves and the web (pipeline.stages.dedup). A generation is dropped by the
+first check it fails.
 """
 
 from __future__ import annotations
 
+import hashlib
 import json
-import random
 
 import pyarrow as pa
 import pyarrow.compute as pc
 
+from pipeline import storage
+from pipeline.parts import DROPPED
 from pipeline.stages.annotate.signals import annotate_table
 from pipeline.stages.select import rules
 from pipeline.stages.synth.config import QCConfig
@@ -77,30 +78,54 @@ def distinct_ngram_ratio(texts: list[str], n: int = 4) -> float | None:
     return round(len(seen) / total, 4) if total else None
 
 
-def diversity(prompts: list[dict], docs: pa.Table) -> dict:
+def _sampled(batch: pa.Table, share: float) -> pa.Table:
+    """The documents whose id hashes below `share`: the same sample whatever the layout of the parts."""
+    keys = [int(hashlib.sha1(i.encode()).hexdigest()[:8], 16) / 2**32 for i in batch["id"].to_pylist()]
+    return batch.filter(pa.array([k < share for k in keys], pa.bool_()))
+
+
+def _cells(batch: pa.Table) -> pa.Table:
+    meta = [json.loads(m) for m in batch["meta"].to_pylist()]
+    return pa.table({"audience": [m["audience"] for m in meta], "style": [m["style"] for m in meta]})
+
+
+def _texts(ds, docs: int) -> list[str]:
+    share = DIVERSITY_SAMPLE / max(1, docs)
+    sample = ds.map_batches(_sampled, fn_args=(share,), batch_format="pyarrow") if share < 1 else ds
+    return [r["text"] for r in sample.select_columns(["text"]).take_all() if r["text"]]
+
+
+def diversity(prompts: list[dict], stage_dir: str, kept_docs: int) -> dict:
     """Cells covered by the prompts and by the kept documents, and distinct-4 of kept and of all
-    generations."""
-    meta = [json.loads(m) for m in docs["meta"].to_pylist()]
-    kept = pc.is_null(docs["drop_reason"]).to_pylist()
-    texts = docs["text"].to_pylist()
-    rng = random.Random(0)
-    sample = lambda xs: xs if len(xs) <= DIVERSITY_SAMPLE else rng.sample(xs, DIVERSITY_SAMPLE)  # noqa: E731
-    kept_meta = [m for m, k in zip(meta, kept) if k]
+    generations, each over a sample of about DIVERSITY_SAMPLE documents (chosen by id hash), read from the
+    stage's written parts: the driver gets one row per cell and the samples, never the whole output."""
+    import ray
+
+    kept_files = storage.list_files(stage_dir, suffix=".parquet")
+    dropped_files = storage.list_files(storage.join(stage_dir, DROPPED), suffix=".parquet")
+    kept = ray.data.read_parquet(kept_files, columns=["id", "text", "meta"])
+    cells = []
+    if kept_docs:
+        by_cell = kept.map_batches(_cells, batch_format="pyarrow").groupby(["audience", "style"]).count()
+        cells = by_cell.take_all()  # one row per audience x style cell
+    every = kept.select_columns(["id", "text"])
+    if dropped_files:
+        every = every.union(ray.data.read_parquet(dropped_files, columns=["id", "text"]))
     return {
         "prompts": len(prompts),
         "seeds": len({p["seed_id"] for p in prompts}),
         "audience_style_cells": len({(p["audience"], p["style"]) for p in prompts}),
         "seed_audience_style_cells": len({(p["seed_id"], p["audience"], p["style"]) for p in prompts}),
-        "kept_audience_style_cells": len({(m["audience"], m["style"]) for m in kept_meta}),
-        "kept_by_style": _count(m["style"] for m in kept_meta),
-        "kept_by_audience": _count(m["audience"] for m in kept_meta),
-        "distinct_4gram_kept": distinct_ngram_ratio(sample([t for t, k in zip(texts, kept) if k and t])),
-        "distinct_4gram_generated": distinct_ngram_ratio(sample([t for t in texts if t])),
+        "kept_audience_style_cells": len(cells),
+        "kept_by_style": _sum(cells, "style"),
+        "kept_by_audience": _sum(cells, "audience"),
+        "distinct_4gram_kept": distinct_ngram_ratio(_texts(kept, kept_docs)) if kept_docs else None,
+        "distinct_4gram_generated": distinct_ngram_ratio(_texts(every, len(prompts))),
     }
 
 
-def _count(values) -> dict[str, int]:
+def _sum(cells: list[dict], key: str) -> dict[str, int]:
     out: dict[str, int] = {}
-    for v in values:
-        out[v] = out.get(v, 0) + 1
+    for c in cells:
+        out[c[key]] = out.get(c[key], 0) + c["count()"]
     return dict(sorted(out.items()))

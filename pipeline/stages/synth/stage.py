@@ -2,32 +2,47 @@
 
 Counts prompts in, documents out: every prompt ends as one document, kept or dropped with a reason
 (`generation_failed` with the backend's error, `too_short`, the select rules' reasons,
-`contaminated:<benchmark>`, `exact_dup`/`near_dup`). Generations persist in a cache keyed by prompt id
-(synth/cache.py) outside the stage directory, so a rerun, after a kill, a failure or a QC change,
-generates only what is missing.
+`contaminated:<benchmark>`, `exact_dup`/`near_dup`).
+
+The prompts are cut into parts of `prompts_per_part` consecutive prompts (deterministic: the same config
+and input give the same parts). One actor per engine takes part after part: it generates the part's
+prompts, checks them (length, the select rules, decontamination) and writes and commits the part
+(pipeline/parts.py), so a killed run regenerates only the prompts of uncommitted parts and the driver
+never holds a generated text. Each part's generations also go to the cache (synth/cache.py, outside the
+stage) as soon as they are made, so a run with other checks reuses them. Dedup, against the generations
+themselves and the web, is global: it reads the committed parts once they are all there and writes the
+stage's output in one pass.
 """
 
 from __future__ import annotations
 
+import functools
 import json
+import logging
+from typing import TYPE_CHECKING
 
 import pyarrow as pa
 import pyarrow.compute as pc
-import ray
 
-from pipeline import storage
+from pipeline import parts, storage
 from pipeline.errors import UserError
 from pipeline.registry import BY_NAME
 from pipeline.stage import Stage, StageContext, StageOutput
-from pipeline.stages.decontaminate.core import decontaminate
-from pipeline.stages.dedup.core import dedup_dataset
 from pipeline.stages.synth import qc
 from pipeline.stages.synth.config import SynthConfig
-from synth.backends import generate
+from synth import cache
+from synth.backends import generate_part, generation_key, generator, resolve_model
 from synth.prompts import build_prompts
 from synth.seeds import topic_seeds, web_seeds
 
+if TYPE_CHECKING:
+    import ray.data
+
+logger = logging.getLogger(__name__)
+
 FAILED = "generation_failed"
+GENERATED = "_generated"  # in the work directory: the committed parts, when dedup follows
+META = ["id", "prompt", "seed_kind", "seed_id", "subject", "topic", "audience", "style", "sample"]
 
 
 def _to_docs(batch: pa.Table, model: str) -> pa.Table:
@@ -37,35 +52,14 @@ def _to_docs(batch: pa.Table, model: str) -> pa.Table:
         json.dumps(
             {
                 "prompt_id": r["id"],
-                "prompt": r["prompt"],
-                "seed_kind": r["seed_kind"],
-                "seed_id": r["seed_id"],
-                "subject": r["subject"],
-                "topic": r["topic"],
-                "audience": r["audience"],
-                "style": r["style"],
-                "sample": r["sample"],
+                **{k: r[k] for k in META[1:]},
                 "model": model,
                 "finish_reason": r["finish_reason"],
                 "gen_tokens": r["gen_tokens"],
             },
             ensure_ascii=False,
         )
-        for r in batch.select(
-            [
-                "id",
-                "prompt",
-                "seed_kind",
-                "seed_id",
-                "subject",
-                "topic",
-                "audience",
-                "style",
-                "sample",
-                "finish_reason",
-                "gen_tokens",
-            ]
-        ).to_pylist()
+        for r in batch.select([*META, "finish_reason", "gen_tokens"]).to_pylist()
     ]
     return pa.table(
         {
@@ -75,55 +69,125 @@ def _to_docs(batch: pa.Table, model: str) -> pa.Table:
             "url": pa.nulls(batch.num_rows, pa.string()),
             "meta": pa.array(meta, pa.string()),
             "finish_reason": batch["finish_reason"],  # for QC; dropped before writing
-            "cached": batch["cached"],  # for the record; dropped before writing
             "drop_reason": pc.if_else(failed, FAILED, pa.nulls(batch.num_rows, pa.string())),
             "drop_detail": batch["error"],
         }
     )
 
 
+def _worker(cfg: SynthConfig, model: str, key_dir: str, annotate_cfg, index_box: list):
+    """A parts `factory` (pipeline/parts.py), one per actor: the decontamination index taken from the
+    object store once, the engine started at the first prompt the cache does not hold."""
+    import ray
+
+    from pipeline.stages.decontaminate.core import mark
+
+    index = ray.get(index_box[0]) if index_box else None
+    engines: list = []
+
+    def engine():
+        if not engines:
+            engines.append(generator(cfg.backend, model))
+        return engines[0]
+
+    def process(spec: dict, stats: dict):
+        prompts = pa.Table.from_pylist(spec["prompts"])
+        out = generate_part(prompts, cache.part_file(key_dir, prompts["id"].to_pylist()), engine)
+        cached = pc.sum(pc.cast(out["cached"], pa.int64())).as_py() or 0
+        failed = pc.sum(pc.cast(pc.is_valid(out["error"]), pa.int64())).as_py() or 0
+        docs = qc.check(_to_docs(out, cfg.backend.model), cfg.qc, annotate_cfg)
+        if index is not None:
+            docs = mark(docs, index)
+        stats.update(
+            generated_now=out.num_rows - cached - failed,
+            from_cache=cached,
+            gen_tokens=pc.sum(out["gen_tokens"]).as_py() or 0,
+        )
+        last = [c for c in docs.column_names if c not in (*parts.DROP_COLUMNS, "finish_reason")]
+        yield docs.select(last + parts.DROP_COLUMNS)  # drop columns last: as _generated reads the parts
+
+    return process
+
+
+def _with_drop_columns(batch: pa.Table) -> pa.Table:
+    n = batch.num_rows
+    return batch.append_column("drop_reason", pa.nulls(n, pa.string())).append_column(
+        "drop_detail", pa.nulls(n, pa.string())
+    )
+
+
+def _generated(work_dir: str) -> "ray.data.Dataset":
+    """Every document of the committed parts, kept (drop_reason null) and dropped."""
+    import ray
+
+    kept = ray.data.read_parquet(storage.list_files(work_dir, suffix=".parquet"))
+    kept = kept.map_batches(_with_drop_columns, batch_format="pyarrow")
+    dropped = storage.list_files(storage.join(work_dir, parts.DROPPED), suffix=".parquet")
+    return kept.union(ray.data.read_parquet(dropped)) if dropped else kept
+
+
 def run(ctx: StageContext) -> StageOutput:
+    import ray
+
+    from pipeline.stages.decontaminate.core import cpus_per_actor
+    from pipeline.stages.decontaminate.index import load_index
+    from pipeline.stages.dedup.core import dedup_dataset
+
     cfg: SynthConfig = ctx.section
     (web_stage,) = BY_NAME["synth"].inputs(ctx.config)  # dedup, or decontaminate when configured
     web = ctx.read(web_stage)
     seeds = topic_seeds(cfg.topics) + web_seeds(web, cfg.web_seeds)
-    prompts = build_prompts(seeds, cfg.prompts)
+    prompts = build_prompts(seeds, cfg.prompts)  # O(prompts): a function of the config, not of the corpus
     if not prompts:
         raise UserError(
             "synth: no prompts: give synth.topics, or synth.web_seeds.count > 0 with kept web documents"
         )
+    n = cfg.prompts_per_part
+    todo = [
+        parts.Part(f"{k:05d}", {"prompts": prompts[start : start + n]})
+        for k, start in enumerate(range(0, len(prompts), n))
+    ]
     cache_dir = cfg.cache_dir or storage.join(ctx.output, "synth_cache")
-    # materialized: the steps below read their input more than once, and generation must run once
-    generated = generate(
-        ray.data.from_arrow(pa.Table.from_pylist(prompts)), cfg.backend, cache_dir
-    ).materialize()
-    docs = generated.map_batches(_to_docs, fn_args=(cfg.backend.model,), batch_format="pyarrow")
+    index_box = [ray.put(load_index(cfg.decontamination))] if cfg.decontamination is not None else []
     annotate_cfg = getattr(ctx.config, "annotate", None)
-    docs = docs.map_batches(qc.check, fn_args=(cfg.qc, annotate_cfg), batch_format="pyarrow")
-    if cfg.decontamination is not None:
-        docs = decontaminate(docs, cfg.decontamination)
-    details: dict = {"cache_dir": cache_dir, "model": cfg.backend.model, "backend": cfg.backend.kind}
+    b = cfg.backend
+    factory = functools.partial(
+        _worker, cfg, resolve_model(b), storage.join(cache_dir, generation_key(b)), annotate_cfg, index_box
+    )
+    if b.kind == "vllm":
+        actors, cpus, gpus = b.vllm.concurrency, b.vllm.num_cpus, b.vllm.num_gpus
+    else:
+        actors, cpus, gpus = b.openai.actors, min(0.5, cpus_per_actor(b.openai.actors)), 0.0
+    # with dedup the parts are a step: the stage's output is dedup's, written below
+    gen_dir = storage.join(ctx.work_dir, GENERATED) if cfg.dedup is not None else None
+    gen = ctx.run_parts(todo, factory, actors=actors, num_cpus=cpus, num_gpus=gpus, work_dir=gen_dir)
+    details: dict = {"cache_dir": cache_dir, "model": b.model, "backend": b.kind}
+    for k in ("generated_now", "from_cache", "gen_tokens"):
+        details[k] = sum(s[k] for s in gen.stats)
+    written = gen
     if cfg.dedup is not None:
+        # its steps are committed under gen_dir too: a kill during dedup keeps those it finished
         docs, details["dedup"] = dedup_dataset(
-            docs.materialize(), cfg.dedup, storage.join(ctx.work_dir, "_dedup"), reference=web
+            _generated(gen_dir), cfg.dedup, work_dir=gen_dir, reference=web
         )
-    docs = docs.materialize()
-    table = pa.concat_tables(
-        ray.get(docs.select_columns(["text", "meta", "cached", "drop_reason"]).to_arrow_refs())
-    )
-    fresh = pc.and_(
-        pc.invert(table["cached"]), pc.invert(pc.fill_null(pc.equal(table["drop_reason"], FAILED), False))
-    )
-    details["generated_now"] = pc.sum(pc.cast(fresh, pa.int64())).as_py() or 0
-    details["from_cache"] = pc.sum(pc.cast(table["cached"], pa.int64())).as_py() or 0
-    details["gen_tokens"] = sum(json.loads(m)["gen_tokens"] or 0 for m in table["meta"].to_pylist())
+        written = parts.write_dataset(docs, ctx.work_dir, ctx.secrets)
+        # the generations are in the cache: a kill before the stage is moved into place costs checks only
+        storage.remove_dir(gen_dir)
     details["edu_score"] = (
-        "computed" if "edu_score" in docs.schema().names else "not computed: annotate.edu_model is not set"
+        "computed"
+        if getattr(annotate_cfg, "edu_model", None)
+        else "not computed: annotate.edu_model is not set"
     )
-    details["diversity"] = qc.diversity(prompts, table)
-    return StageOutput(
-        docs=docs.drop_columns(["finish_reason", "cached"]), docs_in=len(prompts), details=details
+    details["diversity"] = qc.diversity(prompts, ctx.work_dir, written.docs_out)
+    result = parts.PartsResult(
+        parts=gen.parts,
+        parts_reused=gen.parts_reused,
+        docs_in=written.docs_in,
+        docs_out=written.docs_out,
+        dropped=written.dropped,
+        words=written.words,
     )
+    return StageOutput(parts=result, docs_in=len(prompts), details=details)
 
 
 def benchmark_files(config) -> list[str]:
@@ -132,4 +196,4 @@ def benchmark_files(config) -> list[str]:
     return [] if d is None else [b.resolved_path() for b in d.benchmarks]
 
 
-STAGE = Stage("synth", run, outside_files=benchmark_files)
+STAGE = Stage("synth", run, outside_files=benchmark_files, resumes=True)
