@@ -220,7 +220,9 @@ def run(ctx: StageContext) -> StageOutput:
     files = expand_inputs(cfg, unknown)
     todo = plan(files, cfg.part_bytes)
     n_buckets = duplicates.buckets_for(len(todo))
-    first = ctx.run_parts(todo, functools.partial(_ingester, cfg, ctx.work_dir, n_buckets, ctx.secrets))
+    # largest parts first, so the last ones to finish are small and no core idles long at the end
+    by_size = sorted(todo, key=lambda p: -(p.spec["file"]["size"] or 0) / p.spec["of"])
+    first = ctx.run_parts(by_size, functools.partial(_ingester, cfg, ctx.work_dir, n_buckets, ctx.secrets))
     res, rewritten = duplicates.mark_duplicate_ids(todo, ctx.work_dir, ctx.secrets, first.parts_reused)
     stats = file_stats(res.stats)
     skipped: dict[str, int] = {}
