@@ -212,3 +212,45 @@ def test_a_file_of_only_bad_records_completes_with_an_empty_typed_part(tmp_path,
     [part] = (tmp_path / "out" / "ingest").glob("*.parquet")
     t = pq.read_table(str(part))
     assert t.num_rows == 0 and {"id", "text", "source", "url", "meta"} <= set(t.column_names)
+
+
+def test_ingest_on_an_object_store_commits_parts_there_and_a_rerun_skips(
+    tmp_path, write_config, ray_local, s3_bucket
+):
+    """Output on an S3-compatible server, inputs cut into parts and repeating ids: the parts, their
+    commits and the duplicate-id rewrites are written there, the result is the local run's, and a rerun
+    finds the stage complete there and skips it."""
+    import pyarrow as pa
+    import pyarrow.fs as pafs
+
+    d = tmp_path / "in"
+    d.mkdir()
+    rows = [{"id": f"p{i}", "text": f"{GOOD} row {i}"} for i in range(30)]
+    pq.write_table(pa.Table.from_pylist(rows + rows[:2]), d / "a.parquet", row_group_size=8)
+    (d / "b.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows[5:9]))
+    ingest = {"inputs": [{"path": str(d), "source": "web/s3"}], "part_bytes": 400}
+    outs = {"local": str(tmp_path / "local"), "remote": f"{s3_bucket}/run"}
+    recs = {}
+    for name, out in outs.items():
+        cfg = load_config(write_config({"run": {"output": out}, "ingest": ingest}, f"{name}.yaml"))
+        [recs[name]] = run_pipeline(cfg)
+    counts = [
+        {k: r[k] for k in ("docs_in", "docs_out", "dropped", "parts", "details")} for r in recs.values()
+    ]
+    assert counts[0] == counts[1] and counts[1]["dropped"] == {"duplicate_id": 6}
+    assert counts[1]["parts"] > 3 and counts[1]["details"]["parts_rewritten_for_duplicate_ids"] >= 2
+    fs, root = pafs.FileSystem.from_uri(outs["remote"])
+    commits = [
+        i for i in fs.get_file_info(pafs.FileSelector(f"{root}/ingest/_parts")) if i.path.endswith(".json")
+    ]
+    assert len(commits) == counts[1]["parts"] + counts[1]["details"]["parts_rewritten_for_duplicate_ids"]
+    back = tmp_path / "back"
+    pafs.copy_files(f"{root}/ingest", str(back), fs, pafs.LocalFileSystem())
+    local_rows = sorted(
+        pq.read_table([str(p) for p in (tmp_path / "local" / "ingest").glob("*.parquet")]).to_pylist(),
+        key=str,
+    )
+    assert sorted(pq.read_table([str(p) for p in back.glob("*.parquet")]).to_pylist(), key=str) == local_rows
+    cfg = load_config(write_config({"run": {"output": outs["remote"]}, "ingest": ingest}, "remote.yaml"))
+    [again] = run_pipeline(cfg)
+    assert again.get("skipped") and again["docs_out"] == recs["remote"]["docs_out"]
