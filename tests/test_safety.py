@@ -710,3 +710,43 @@ def test_disk_full_in_train_names_the_stage_the_path_and_the_cause_and_a_rerun_c
     ballast.unlink()
     rec = train_command(config)
     assert rec["status"] == "complete"
+
+
+@pytest.mark.slow  # a subprocess with its own Ray: ~1 min
+def test_a_worker_out_of_memory_names_the_stage_and_the_cause(write_config, tmp_path):
+    """`phicurate run` of annotate on one 200 MB document, each worker capped by ray.worker_memory_mb at
+    2 GiB (RLIMIT_DATA, so the machine itself never runs short): the stage fails with a user error that
+    names it, the output and the cause, not with a worker's traceback or the kernel's OOM killer."""
+    out = tmp_path / "out"
+    (out / "ingest").mkdir(parents=True)
+    text = "Plants make sugar from light and water. " * (200 * 2**20 // 40)
+    row = {"id": "big", "text": text, "source": "web/x", "url": None, "meta": "{}"}
+    pq.write_table(pa.Table.from_pylist([row]), out / "ingest" / "part-0.parquet")
+    del text, row
+    record = {"stage": "ingest", "status": "complete", "config_hash": "h", "input_fingerprint": "f"}
+    record |= {"docs_in": 1, "docs_out": 1, "dropped": {}, "tokens_out": 1, "wall_s": 0.0, "details": {}}
+    storage.write_json(str(out / "ingest" / "_stage.json"), record)
+    ray_cfg = {"num_cpus": 2, "object_store_memory_mb": 256, "progress_bars": False, "worker_memory_mb": 2048}
+    path = write_config(
+        {
+            "run": {"output": str(out)},
+            "ray": ray_cfg,
+            "ingest": {"inputs": [{"path": DOCS, "source": "w/x"}]},
+            "annotate": {"workers": 1, "batch_size": 1},
+        }
+    )
+    done = subprocess.run(
+        [sys.executable, "-m", "pipeline", "run", str(path), "--stages", "annotate"],
+        cwd=ROOT,
+        env=_env(),
+        capture_output=True,
+        text=True,
+        timeout=600,
+    )
+    said = done.stdout + done.stderr
+    assert done.returncode == 2, said[-3000:]
+    assert re.search(
+        rf"stage 'annotate': memory ran out in a worker \(writing under {out}\): \w*MemoryError", said
+    )
+    assert "raise ray.worker_memory_mb" in said
+    assert read_record(str(out), "annotate") is None
