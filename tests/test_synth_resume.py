@@ -31,11 +31,20 @@ pytestmark = pytest.mark.slow  # Ray runs of the whole stage (dedup included); t
 
 with gzip.open(f"{DATA_DIR}/HumanEval.jsonl.gz", "rt", encoding="utf-8") as _f:
     _LEAK = json.loads(next(_f))
-ARTICLES = _articles(6)
+
+
+def _prose(article: str) -> str:
+    """An article's sentence lines: prose the quality checks keep (a list of titles is not)."""
+    lines = [line.strip() for line in article.splitlines()]
+    return "\n".join(x for x in lines if x.endswith((".", "!", "?")) and len(x.split()) >= 5)
+
+
+ARTICLES = [_prose(a) for a in _articles(6)]
+LEAK = " ".join((_LEAK["prompt"] + _LEAK["canonical_solution"]).split()) + "."
 # what the teacher says, by prompt hash: prose (kept, or exact_dup when two prompts get the same one), a
 # reply too short for QC, and one holding a HumanEval item (contaminated)
-REPLIES = ARTICLES[:5] + ["Too short."] + [ARTICLES[5] + "\n" + _LEAK["prompt"] + _LEAK["canonical_solution"]]
-WEB = [{"id": "w1", "text": ARTICLES[4], "source": "web/x", "url": "http://a", "meta": "{}"}]
+REPLIES = ARTICLES[:3] + ["Too short."] + ARTICLES[3:5] + [ARTICLES[5] + "\n" + LEAK]
+WEB = [{"id": "w1", "text": ARTICLES[2], "source": "web/x", "url": "http://a", "meta": "{}"}]
 
 
 class Teacher:
@@ -217,7 +226,8 @@ def test_other_checks_reuse_the_cache_and_added_prompts_cost_only_their_parts(ra
 
     first = run()
     assert len(teacher.sent()) == 12 and first["details"]["generated_now"] == 12
-    stricter = run(min_words=400)  # another config: a fresh work directory, the generations from the cache
+    assert first["parts"] == 3 and "contaminated:humaneval" in first["dropped"]  # checked in the parts
+    stricter = run(min_words=600)  # another config: a fresh work directory, the generations from the cache
     assert teacher.sent() == [] and stricter["details"]["from_cache"] == 12
     assert stricter["dropped"]["too_short"] > first["dropped"].get("too_short", 0)
     topics = {"biology": ["photosynthesis", "cell division"], "physics": ["gravity", "friction", "optics"]}
