@@ -73,6 +73,9 @@ def corpus(n: int, out: str, seed: int = 0) -> dict[str, int]:
             }
         )
         pq.write_table(t, os.path.join(out, f"part-{k // PART_ROWS:05d}.parquet"))
+    # the record the runner reads the upstream count from (the stage sizes its shuffles by it)
+    with open(os.path.join(out, "_stage.json"), "w") as f:
+        json.dump({"stage": "select", "status": "complete", "docs_out": n}, f)
     return planted
 
 
@@ -98,7 +101,13 @@ def measure(out: str) -> None:
     from pipeline.stage import StageContext
     from pipeline.stages.dedup import stage
 
-    ray.init(num_cpus=2, object_store_memory=1024 * 2**20, include_dashboard=False, log_to_driver=False)
+    ray.init(
+        address="local",
+        num_cpus=2,
+        object_store_memory=1024 * 2**20,
+        include_dashboard=False,
+        log_to_driver=False,
+    )
     ray.data.DataContext.get_current().enable_progress_bars = False
     ray.data.DataContext.get_current().execution_options.preserve_order = True  # as pipeline.runtime
     config = parse_config({"ingest": {"inputs": [{"path": str(common.OSE), "source": "web/x"}]}, "dedup": {}})

@@ -278,6 +278,7 @@ def dedup_dataset(
     cfg: "DedupConfig",
     work_dir: str,
     reference: "ray.data.Dataset | None" = None,
+    num_docs: int | None = None,
 ) -> tuple["ray.data.Dataset", dict]:
     """Mark exact and near duplicates in `ds`; return (every document of `ds` with drop_reason,
     drop_detail, dup_cluster, dup_cluster_size added; figures for the stage record).
@@ -291,14 +292,17 @@ def dedup_dataset(
 
     The steps write their tables under `work_dir` (which must be reachable from every Ray worker: shared
     storage on a cluster) and commit them one by one; a call with the same documents, settings and
-    `work_dir` reuses every committed step (listed under `steps_reused` in the figures)."""
+    `work_dir` reuses every committed step (listed under `steps_reused` in the figures). `num_docs`, the
+    number of documents in `ds` when the caller knows it, sets the number of partitions without a pass to
+    count them."""
     key = hashlib.sha256(cfg.model_dump_json().encode()).hexdigest()[:16]
     steps = Steps(work_dir, key)
     schema = functools.cache(lambda: _doc_schema(ds))
 
     def keys(d: str) -> dict[str, int]:
         rows_per_doc = (1 if cfg.exact else 0) + (cfg.bands_rows()[0] if cfg.fuzzy else 0)
-        docs = ds.count() + (reference.count() if reference is not None else 0)
+        docs = ds.count() if num_docs is None else num_docs
+        docs += reference.count() if reference is not None else 0
         parts = cfg.partitions or max(
             int(ray.cluster_resources().get("CPU", 1)), math.ceil(docs * rows_per_doc / ROWS_PER_PARTITION)
         )

@@ -6,9 +6,13 @@ from pipeline.stage import Stage, StageContext, StageOutput
 
 
 def run(ctx: StageContext) -> StageOutput:
+    from pipeline.runner import read_record
     from pipeline.stages.dedup.core import dedup_dataset  # Ray and scipy: not needed to load a config
 
-    docs, details = dedup_dataset(ctx.read("select"), ctx.section, ctx.work_dir)
+    upstream = read_record(ctx.output, "select")  # its count spares a pass over the input to count it
+    docs, details = dedup_dataset(
+        ctx.read("select"), ctx.section, ctx.work_dir, num_docs=upstream["docs_out"] if upstream else None
+    )
     return StageOutput(docs=docs, details=details)
 
 
