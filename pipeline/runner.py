@@ -19,6 +19,7 @@ import hashlib
 import json
 import logging
 import os
+import re
 import time
 import uuid
 from typing import Callable
@@ -116,6 +117,19 @@ def _brief(e: BaseException) -> str:
     return lines[0] if len(lines) < 2 else f"{lines[0]} ... {lines[-1].strip()}"
 
 
+# the last line of a worker's traceback when an allocation failed (MemoryError, pyarrow's ArrowMemoryError)
+_MEMORY_LINE = re.compile(r"^\s*((?:\w+\.)*\w*MemoryError\b.*)$", re.M)
+
+
+def _memory_error(x: BaseException) -> str | None:
+    """The MemoryError in `x`, if it is one: a task's error reaches the driver as a RayTaskError whose
+    cause chain was not pickled, only the worker's traceback, as text in its message."""
+    if isinstance(x, MemoryError) and not isinstance(x, ray.exceptions.RayError):
+        return _brief(x)
+    found = _MEMORY_LINE.findall(str(x)) if isinstance(x, ray.exceptions.RayTaskError) else []
+    return found[-1].strip() if found else None
+
+
 def resource_error(
     stage: str, where: str, e: BaseException, probe_dir: str | None = None
 ) -> UserError | None:
@@ -134,9 +148,10 @@ def resource_error(
                 f"stage '{stage}': a Ray worker ran out of memory (writing under {where}); give the "
                 f"stage fewer parallel tasks or more memory. Ray said: {str(x)[:2000]}"
             )
-        if isinstance(x, MemoryError) and not isinstance(x, ray.exceptions.RayError):
-            return UserError(  # a worker past ray.worker_memory_mb, or a failed allocation on the driver
-                f"stage '{stage}': memory ran out in a worker (writing under {where}): {_brief(x)[:500]}; "
+        memory = _memory_error(x)
+        if memory is not None:  # a worker past ray.worker_memory_mb, or a failed allocation on the driver
+            return UserError(
+                f"stage '{stage}': memory ran out in a worker (writing under {where}): {memory[:500]}; "
                 "raise ray.worker_memory_mb or give the stage smaller batches or fewer parallel tasks"
             )
     probe_dir = probe_dir or where
