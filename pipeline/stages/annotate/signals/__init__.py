@@ -11,7 +11,7 @@ from functools import lru_cache
 import pyarrow as pa
 
 from pipeline.schema import count_words
-from pipeline.stages.annotate.signals.heuristics import HEURISTIC_COLUMNS, measure
+from pipeline.stages.annotate.signals.heuristics import HEURISTIC_COLUMNS, measure_batch
 from pipeline.stages.annotate.signals.langid import LanguageID
 
 SIGNAL_FIELDS = [
@@ -36,7 +36,7 @@ class Annotator:
     def __call__(self, table: pa.Table) -> pa.Table:
         texts = [t or "" for t in table["text"].to_pylist()]
         langs, scores = self.lid.predict(texts)
-        values = [measure(t) for t in texts]
+        values = measure_batch(texts)
         cols = {
             "lang": pa.array(langs, pa.string()),
             "lang_score": pa.array(scores, pa.float64()),
@@ -44,7 +44,7 @@ class Annotator:
             "n_words": count_words(pa.array(texts, pa.large_string())),
         }
         for name, kind in HEURISTIC_COLUMNS:
-            cols[name] = pa.array([v[name] for v in values], pa.type_for_alias(kind))
+            cols[name] = pa.array(values[name], pa.type_for_alias(kind))
         if self.edu is not None:
             cols["edu_score"] = pa.array(self.edu.score(texts), pa.float64())
         for name, col in cols.items():

@@ -1,5 +1,5 @@
 """Every value that datatrove's Gopher quality, Gopher repetition, C4 quality and FineWeb quality filters
-measure, computed once per document from one spaCy tokenization, with no thresholds.
+measure, computed once per document from one spaCy tokenization (signals/tokens.py), with no thresholds.
 
 datatrove's filters each tokenize the text again (C4 runs spaCy once per kept line) and return only a
 verdict. Here the measured values become columns, and `pipeline.stages.select.rules` turns them into the same
@@ -13,21 +13,22 @@ from __future__ import annotations
 
 import re
 from functools import lru_cache
+from itertools import compress, repeat
 
 import numpy as np
 from datatrove.pipeline.filters.c4_filters import CITATION_REGEX, ELLIPSIS, END_PUNCTUATION, POLICY_SUBSTRINGS
-from datatrove.pipeline.filters.gopher_quality_filter import STOP_WORDS
-from datatrove.pipeline.filters.gopher_repetition_filter import find_duplicates
-from datatrove.utils.text import PUNCTUATION_SET, TERMINAL_PUNCTUATION
-from spacy.attrs import IDX, IS_PUNCT, IS_SPACE, LENGTH, ORTH
+from datatrove.utils.text import TERMINAL_PUNCTUATION
 
 from pipeline.stages.annotate.config import DUP_N_GRAMS, TOP_N_GRAMS
+from pipeline.stages.annotate.signals.tokens import ALPHA, NON_SYMBOL, PUNCT, SENT_END, SPACE, STOP, Vocab
 
 C4_MIN_WORDS_PER_LINE = 3  # datatrove C4QualityFilter defaults: a line counts only if it passes these
 C4_MAX_WORD_LENGTH = 1000
 FW_SHORT_LINE_LENGTH = 30  # FineWebQualityFilter default: a line this short or shorter is "short"
 FW_STOP_CHARS = tuple(TERMINAL_PUNCTUATION)
-STOP_WORD_SET = set(STOP_WORDS)
+# A line whose stripped text does not end with one of these cannot pass C4's end-punctuation rule: removing
+# citations (which all end with "]") keeps the last character of any other line.
+C4_LAST_CHARS = tuple({p[-1] for p in END_PUNCTUATION} | {"]"})
 
 # (column, Arrow type) of every measured value, grouped by the datatrove filter that measures it.
 GOPHER_QUALITY_COLUMNS = [
@@ -66,102 +67,41 @@ HEURISTIC_COLUMNS = GOPHER_QUALITY_COLUMNS + GOPHER_REPETITION_COLUMNS + C4_COLU
 
 _PARAGRAPHS = re.compile(r"\n{2,}")
 _LINES = re.compile("\n+")
-_SPACY_CACHE = 1_000_000  # chunks spaCy's tokenizer remembers (its default, 10,000, is soon full)
 _BASE = np.uint64(0x9E3779B97F4A7C15)  # odd, so invertible modulo 2**64 (see _char_hashes)
 _MIX = np.uint64(0xBF58476D1CE4E5B9)
 
 
 @lru_cache(maxsize=1)
-def _tokenizer():
-    """The tokenizer datatrove uses for English words (spacy.blank('en')); its sentencizer's punctuation.
-
-    Its chunk cache (a memo of the tokens of each whitespace-separated chunk, which do not depend on the
-    context) stops taking entries at 10,000 chunks, after which most chunks of a web crawl are tokenized
-    again from the affix rules: a larger cache gives the same tokens several times faster."""
-    import spacy
-    from spacy.pipeline import Sentencizer
-
-    tokenizer = spacy.blank("en").tokenizer
-    tokenizer.max_cache_size = _SPACY_CACHE
-    return tokenizer, frozenset(Sentencizer.default_punct_chars)
+def vocab() -> Vocab:
+    """The process's tokenizer and what it remembers (one per process: models and pieces load once)."""
+    return Vocab()
 
 
-def _count_sentences(tokens: list[tuple[str, bool]], punct_chars: frozenset) -> int:
-    """spaCy's Sentencizer rule on (text, is_punct) tokens: a sentence ends after a token in `punct_chars`
-    at the next token that is not punctuation. Used for the rare C4 line whose citations were cut out."""
-    n, seen_period = 1, False
-    for text, is_punct in tokens:
-        in_punct_chars = text in punct_chars
-        if seen_period and not is_punct and not in_punct_chars:
-            n += 1
-            seen_period = False
-        elif in_punct_chars:
-            seen_period = True
-    return n
-
-
-class _Words:
-    """spaCy's tokens of a document, with per-word facts the signals need kept by spaCy's ORTH id (its own
-    identity of a token's text): computed once per distinct word instead of once per occurrence."""
-
-    def __init__(self):
-        self.tokenizer, self.punct_chars = _tokenizer()
-        self.facts: dict[int, tuple[int, int, int, int]] = {}
-        self.cached: set[str] = set()  # chunks given to spaCy alone (see tokens)
-
-    def tokens(self, text: str) -> np.ndarray:
-        """(offset, length, is_punct, is_space, ORTH) of each token of `text`, as spaCy makes them.
-
-        spaCy caches a chunk's tokens only while no special case ("\\n", "it's", ...) has been met in
-        the same call, so in a web page almost every chunk after the first line break is tokenized from
-        its affix rules again, in every document. Each chunk not met before is therefore first tokenized
-        alone (which caches it when it holds no special case); the document's tokens are the same, as
-        spaCy's cache holds exactly what tokenizing the chunk gives."""
-        if len(self.cached) > _SPACY_CACHE:  # spaCy stops caching at max_cache_size: start again
-            self.tokenizer._flush_cache()
-            self.cached.clear()
-        new = [c for c in dict.fromkeys(text.split()) if c not in self.cached]
-        self.cached.update(new)
-        for chunk in new:
-            self.tokenizer(chunk)
-        return self.tokenizer(text).to_array([IDX, LENGTH, IS_PUNCT, IS_SPACE, ORTH])
-
-    def __call__(self, orths: list[int]) -> np.ndarray:
-        """Rows (non-punctuation char, letter, stop word, sentence-ending char) for `orths`."""
-        if len(self.facts) > _SPACY_CACHE:
-            self.facts.clear()
-        facts, strings = self.facts, self.tokenizer.vocab.strings
-        for orth in orths:
-            if orth not in facts:
-                word = strings[orth]
-                facts[orth] = (
-                    any(ch not in PUNCTUATION_SET for ch in word),
-                    any(c.isalpha() for c in word),
-                    word in STOP_WORD_SET,
-                    word in self.punct_chars,
-                )
-        return np.array([facts[o] for o in orths], np.int64).reshape(-1, 4)
-
-
-@lru_cache(maxsize=1)
-def _words() -> _Words:
-    return _Words()
+def measure_batch(texts: list[str]) -> dict[str, list]:
+    """All heuristic values of each text, as columns (see HEURISTIC_COLUMNS); the batch's unseen pieces of
+    text are tokenized together."""
+    v = vocab()
+    v.forget_if_full()
+    rows = [_measure(t, offsets, words, v) for t, (offsets, words) in zip(texts, v.tokens(texts))]
+    return {name: [r[name] for r in rows] for name, _ in HEURISTIC_COLUMNS}
 
 
 def measure(text: str) -> dict:
-    """All heuristic values of one document (see HEURISTIC_COLUMNS)."""
-    words = _words()
-    # Offsets, lengths, flags and text ids in one array: no Python object per token.
-    tokens = words.tokens(text)
-    orths, ids = np.unique(tokens[:, 4], return_inverse=True)  # ids: the document's distinct token texts
-    facts = words(orths.tolist())[ids]  # per token
-    is_word = tokens[:, 3] == 0  # datatrove's words: tokens that are not whitespace
-    lengths = tokens[is_word, 1].astype(np.int64)
+    """All heuristic values of one document."""
+    return {name: col[0] for name, col in measure_batch([text]).items()}
+
+
+def _measure(text: str, offsets: np.ndarray, words: np.ndarray, v: Vocab) -> dict:
+    facts = v.facts[words]  # per token; arrays throughout, no Python object per token
+    is_word = ~facts[:, SPACE]  # datatrove's words: tokens that are not whitespace
+    ids = words[is_word]  # word ids: one per distinct string
+    lengths = v.length[ids]
+    lines = text.splitlines()
     out = {}
-    out.update(_gopher_quality(text, ids[is_word], lengths, facts[is_word]))
-    out.update(_gopher_repetition(text, ids[is_word], lengths))
-    out.update(_c4(text, tokens, facts, words))
-    out.update(_fineweb(text, int(is_word.sum())))
+    out.update(_gopher_quality(text, lines, ids, lengths, facts[is_word]))
+    out.update(_gopher_repetition(text, ids, lengths))
+    out.update(_c4(text, lines, offsets, facts, v))
+    out.update(_fineweb(text, len(ids)))
     return out
 
 
@@ -169,41 +109,45 @@ def _ratio(num: float, den: float) -> float | None:
     return num / den if den else None
 
 
-def _gopher_quality(text: str, ids: np.ndarray, lengths: np.ndarray, facts: np.ndarray) -> dict:
+def _duplicates(items: list[str]) -> tuple[int, int]:
+    """datatrove's find_duplicates (items, and their characters, equal to an earlier item) from the
+    distinct items instead of a Python loop: every occurrence after an item's first is a duplicate."""
+    distinct = set(items)
+    return len(items) - len(distinct), sum(map(len, items)) - sum(map(len, distinct))
+
+
+def _gopher_quality(text: str, lines: list[str], ids: np.ndarray, lengths: np.ndarray, facts) -> dict:
     n_words = len(ids)
-    non_symbol, alpha, stop, _ = facts.T
+    non_symbol = facts[:, NON_SYMBOL]
     n_non_symbol = int(non_symbol.sum())
-    lines = text.splitlines()
     return {
         "gopher_words": n_non_symbol,
-        "gopher_avg_word_length": int(lengths[non_symbol == 1].sum()) / n_non_symbol
-        if n_non_symbol
-        else None,
+        "gopher_avg_word_length": int(lengths[non_symbol].sum()) / n_non_symbol if n_non_symbol else None,
         "gopher_hash_ratio": _ratio(text.count("#"), n_words),
         "gopher_ellipsis_ratio": _ratio(text.count("...") + text.count("…"), n_words),
         "gopher_bullet_lines_ratio": _ratio(
-            sum(s.lstrip().startswith(("•", "-")) for s in lines), len(lines)
+            sum(map(str.startswith, map(str.lstrip, lines), repeat(("•", "-")))), len(lines)
         ),
         "gopher_end_ellipsis_lines_ratio": _ratio(
-            sum(s.rstrip().endswith(("...", "…")) for s in lines), len(lines)
+            sum(map(str.endswith, map(str.rstrip, lines), repeat(("...", "…")))), len(lines)
         ),
-        "gopher_alpha_words_ratio": _ratio(int(alpha.sum()), n_words),
-        "gopher_stop_words": len(np.unique(ids[stop == 1])),  # distinct: an id stands for one string
+        "gopher_alpha_words_ratio": _ratio(int(facts[:, ALPHA].sum()), n_words),
+        "gopher_stop_words": len(np.unique(ids[facts[:, STOP]])),  # distinct: an id stands for one string
     }
 
 
 def _gopher_repetition(text: str, ids: np.ndarray, lengths: np.ndarray) -> dict:
     """datatrove's n-gram measures with numpy instead of a Python string per n-gram and n. Top n-grams:
     exact ids of the word sequences (np.unique). Repeated n-grams (words joined without spaces, so
-    different words can give one string): a hash of each n-gram's characters, and only the n-grams whose
-    hash occurs twice are compared as strings (a collision can merge, never split), so the values are
-    datatrove's exactly."""
+    different words can give one string): a hash of each n-gram's characters; n-grams with one hash are
+    one string when their words are the same, and compared as strings otherwise (a collision can merge,
+    never split), so the values are datatrove's exactly."""
     if not text:
         return {c: None for c, _ in GOPHER_REPETITION_COLUMNS}
     paragraphs = _PARAGRAPHS.split(text.strip())
-    para_dups, para_chars = find_duplicates(paragraphs)
+    para_dups, para_chars = _duplicates(paragraphs)
     lines = _LINES.split(text)
-    line_dups, line_chars = find_duplicates(lines)
+    line_dups, line_chars = _duplicates(lines)
     out = {
         "rep_dup_para_frac": para_dups / len(paragraphs),
         "rep_dup_para_char_frac": para_chars / len(text),
@@ -219,7 +163,7 @@ def _gopher_repetition(text: str, ids: np.ndarray, lengths: np.ndarray) -> dict:
     ends = np.concatenate([[0], np.cumsum(lengths)])  # word i is joined[ends[i]:ends[i + 1]]
     ends_list = ends.tolist()
     joined = "".join(text.split())  # == "".join(words): the tokens of a whitespace-free chunk make it up
-    grams, size = ids.astype(np.int64), int(ids.max()) + 1
+    grams, size = ids, int(ids.max()) + 1
     for n in range(2, max(TOP_N_GRAMS) + 1):  # " ".join of space-free words: equal iff the same words
         if len(ids) < n:
             break
@@ -234,22 +178,36 @@ def _gopher_repetition(text: str, ids: np.ndarray, lengths: np.ndarray) -> dict:
         if len(ids) < n:
             break
         key = _char_hashes(chars, ends[:-n], ends[n:])
-        where, cls = _repeats(key, lambda p, n=n: joined[ends_list[p] : ends_list[p + n]])
+        where, cls = _repeats(key, ids, n, lambda p, n=n: joined[ends_list[p] : ends_list[p + n]])
         out[f"rep_dup_{n}_gram"] = _repeated_chars(where, cls, ends_list, n) / len(text)
     return out
 
 
-def _repeats(keys: np.ndarray, exact) -> tuple[list[int], list[int]]:
+def _repeats(keys: np.ndarray, ids: np.ndarray, n: int, exact) -> tuple[list[int], list[int]]:
     """Positions (ascending) whose key occurs more than once, and for each the first of those positions
-    whose `exact(position)` is equal: exact classes of every n-gram that is not unique."""
+    with the same n-gram string: its words are the same as the first's of its key (checked for all at
+    once), or else `exact(position)` is equal."""
     order = np.argsort(keys, kind="stable")
     same = keys[order[1:]] == keys[order[:-1]]
+    if not same.any():
+        return [], []
+    starts = np.concatenate([[True], ~same])  # a run of one key begins here (in sorted order)
+    run = np.empty(len(keys), np.int64)
+    run[order] = np.cumsum(starts) - 1  # each position's run
+    cls = order[starts][run]  # the run's first position (stable sort: the lowest)
+    a, b = order[:-1][same], order[1:][same]  # neighbours in one run
     dup = np.zeros(len(keys), bool)
-    dup[order[1:][same]] = True
-    dup[order[:-1][same]] = True
-    where = np.flatnonzero(dup).tolist()
-    first: dict = {}
-    return where, [first.setdefault(exact(p), p) for p in where]
+    dup[a] = dup[b] = True
+    where = np.flatnonzero(dup)
+    span = np.arange(n)
+    differ = (ids[a[:, None] + span] != ids[b[:, None] + span]).any(axis=1)
+    if differ.any():  # one hash, other words: the same string only if its characters say so
+        mixed = np.zeros(len(starts), bool)
+        mixed[run[b[differ]]] = True
+        first: dict = {}
+        for p in where[mixed[run[where]]].tolist():
+            cls[p] = first.setdefault((int(cls[p]), exact(p)), p)
+    return where.tolist(), cls[where].tolist()
 
 
 def _repeated_chars(where: list[int], cls: list[int], ends: list[int], n: int) -> int:
@@ -299,27 +257,26 @@ def _char_hashes(prefix: np.ndarray, starts: np.ndarray, stops: np.ndarray) -> n
     return (prefix[stops] - prefix[starts]) * up[starts] + (stops - starts).astype(np.uint64) * _MIX
 
 
-def _c4(text: str, tokens: np.ndarray, facts: np.ndarray, words: _Words) -> dict:
+def _c4(text: str, lines: list[str], offsets: np.ndarray, facts: np.ndarray, v: Vocab) -> dict:
     """C4QualityFilter's line loop with its doc-level rules (lorem ipsum, '{') recorded instead of applied:
     the sentence count is what the filter counts when neither fires, which is all it needs otherwise.
 
     datatrove runs spaCy's sentencizer on each kept line; a line's tokens are the document's tokens
     between its offsets (a line break is always a whitespace token of its own, so no special case reaches
-    across it), and the Sentencizer rule is counted for all kept lines at once (_sentences)."""
+    across it), and the Sentencizer rule is counted for all kept lines at once (_sentences). Only lines
+    whose last character can pass the end-punctuation rule are looked at in Python."""
     sentences, lorem_line, curly_line = 0, None, None
     spans: list[tuple[int, int]] = []  # character ranges of the kept lines counted from the document
-    pos = 0  # character offset of the current line
-    for i, (line, with_end) in enumerate(zip(text.splitlines(), text.splitlines(keepends=True))):
-        start = pos + len(line) - len(line.lstrip())
-        pos += len(with_end)
-        stripped = line.strip()
-        line_words = stripped.split()
-        if any(len(w) > C4_MAX_WORD_LENGTH for w in line_words):
+    stripped = list(map(str.strip, lines))
+    line_starts = None
+    for i in compress(range(len(lines)), map(str.endswith, stripped, repeat(C4_LAST_CHARS))):
+        line = stripped[i]
+        if len(line) > C4_MAX_WORD_LENGTH and any(len(w) > C4_MAX_WORD_LENGTH for w in line.split()):
             continue
-        cleaned = CITATION_REGEX.sub("", stripped)
+        cleaned = CITATION_REGEX.sub("", line) if "[" in line else line  # every citation has a "["
         if not cleaned.endswith(END_PUNCTUATION) or cleaned.endswith(ELLIPSIS):
             continue
-        if len(line_words) < C4_MIN_WORDS_PER_LINE:
+        if len(line.split(None, C4_MIN_WORDS_PER_LINE - 1)) < C4_MIN_WORDS_PER_LINE:
             continue
         lower = cleaned.lower()
         if lorem_line is None and "lorem ipsum" in lower:
@@ -330,27 +287,45 @@ def _c4(text: str, tokens: np.ndarray, facts: np.ndarray, words: _Words) -> dict
             curly_line = i
         if any(p in lower for p in POLICY_SUBSTRINGS):
             continue
-        if cleaned != stripped:  # citations removed: the line's tokens changed, tokenize it alone
-            line_tokens = [(tok.text, tok.is_punct) for tok in words.tokenizer(cleaned)]
-            sentences += _count_sentences(line_tokens, words.punct_chars)
+        if cleaned != line:  # citations removed: the line's tokens changed, tokenize it alone
+            ((_, words),) = v.tokens([cleaned])
+            f = v.facts[words]
+            sentences += _count_sentences(f[:, SENT_END].tolist(), f[:, PUNCT].tolist())
         else:
-            spans.append((start, start + len(stripped)))
+            if line_starts is None:
+                line_starts = np.cumsum([0, *map(len, text.splitlines(keepends=True))]).tolist()
+            start = line_starts[i] + len(lines[i]) - len(lines[i].lstrip())
+            spans.append((start, start + len(line)))
     if spans:
-        sentences += _sentences(tokens, facts, np.array(spans))
+        sentences += _sentences(offsets, facts, np.array(spans))
     return {"c4_sentences": sentences, "c4_lorem_line": lorem_line, "c4_curly_line": curly_line}
 
 
-def _sentences(tokens: np.ndarray, facts: np.ndarray, spans: np.ndarray) -> int:
+def _count_sentences(ends: list[bool], puncts: list[bool]) -> int:
+    """spaCy's Sentencizer rule on a line's tokens (is a sentence-ending char, is punctuation): a sentence
+    ends after a sentence-ending token at the next token that is not punctuation. Used for the rare C4
+    line whose citations were cut out."""
+    n, seen_end = 1, False
+    for end, punct in zip(ends, puncts):
+        if seen_end and not punct and not end:
+            n += 1
+            seen_end = False
+        elif end:
+            seen_end = True
+    return n
+
+
+def _sentences(offsets: np.ndarray, facts: np.ndarray, spans: np.ndarray) -> int:
     """Sentences spaCy's Sentencizer finds in each character span, summed: one per span plus one per
     token that is neither punctuation nor a sentence-ending char and whose last such-or-sentence-ending
     token before it in the span is sentence-ending (other punctuation is passed over)."""
-    ends = facts[:, 3] == 1  # in the sentencizer's punct_chars
-    wordlike = (tokens[:, 2] == 0) & ~ends
+    ends = facts[:, SENT_END]  # in the sentencizer's punct_chars
+    wordlike = ~facts[:, PUNCT] & ~ends
     keep = np.flatnonzero(ends | wordlike)  # tokens the rule looks at, in order
     starts_here = np.zeros(len(keep), np.int64)
     starts_here[1:] = ends[keep[:-1]] & wordlike[keep[1:]]  # a new sentence at keep[k]
     csum = np.concatenate([[0], np.cumsum(starts_here)])
-    first, stop = np.searchsorted(tokens[:, 0], spans.T.astype(np.uint64))  # token ranges of the spans
+    first, stop = np.searchsorted(offsets, spans.T)  # token ranges of the spans
     lo, hi = np.searchsorted(keep, first), np.searchsorted(keep, stop)
     # transitions k with keep[k - 1] and keep[k] both in the span: lo < k < hi
     inside = np.where(hi > lo + 1, csum[hi] - csum[np.minimum(lo + 1, hi)], 0)
@@ -358,12 +333,13 @@ def _sentences(tokens: np.ndarray, facts: np.ndarray, spans: np.ndarray) -> int:
 
 
 def _fineweb(text: str, n_words: int) -> dict:
-    lines = [line for line in text.split("\n") if line.strip() != ""]
+    split = text.split("\n")
+    lines = list(compress(split, map(str.strip, split)))  # the lines with a non-whitespace character
     if not lines:
         return {c: None for c, _ in FINEWEB_COLUMNS}
     return {
-        "fw_line_punct_ratio": sum(1 for line in lines if line.endswith(FW_STOP_CHARS)) / len(lines),
-        "fw_short_line_ratio": sum(1 for line in lines if len(line) <= FW_SHORT_LINE_LENGTH) / len(lines),
-        "fw_char_dup_ratio": find_duplicates(lines)[1] / len(text.replace("\n", "")),
+        "fw_line_punct_ratio": sum(map(str.endswith, lines, repeat(FW_STOP_CHARS))) / len(lines),
+        "fw_short_line_ratio": sum(map(FW_SHORT_LINE_LENGTH.__ge__, map(len, lines))) / len(lines),
+        "fw_char_dup_ratio": _duplicates(lines)[1] / len(text.replace("\n", "")),
         "fw_list_ratio": text.count("\n") / n_words if n_words else float("inf"),
     }
