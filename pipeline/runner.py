@@ -215,9 +215,10 @@ def _run_stage(stage: Stage, config: Config, fingerprint: str, secrets: dict[str
             if docs_in is None:  # several upstream stages (none such today): what the tasks read
                 docs_in = written.docs_in
             elif result.docs_in is None and result.parts is not None and written.docs_in != docs_in:
+                storage.remove_dir(work_dir)  # its committed parts are not to be trusted by a rerun
                 raise RuntimeError(
                     f"stage {stage.name}: its parts read {written.docs_in} documents, but the upstream "
-                    f"stage kept {docs_in}"
+                    f"stage kept {docs_in} (its work directory is removed: a rerun computes every part)"
                 )
             tokens = result.tokens_out if result.tokens_out is not None else words
             if result.parts is not None:
@@ -233,6 +234,7 @@ def _run_stage(stage: Stage, config: Config, fingerprint: str, secrets: dict[str
             raise diagnosed from e
         raise
     if docs_in != docs_out + sum(dropped.values()):
+        storage.remove_dir(work_dir)  # nor what a stage that loses documents committed
         raise RuntimeError(
             f"stage {stage.name} lost documents: in {docs_in}, out {docs_out}, dropped {dropped}"
         )

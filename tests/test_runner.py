@@ -7,6 +7,7 @@ import subprocess
 import sys
 import time
 
+import pyarrow.compute as pc
 import pytest
 
 from pipeline import runner
@@ -120,23 +121,40 @@ def test_killed_process_mid_write_is_not_complete(write_config, tmp_path):
     assert list(out.glob(".ingest.tmp-*"))  # the dead run's work directory, never read as a stage
 
 
-def test_a_stage_that_loses_documents_fails_the_count(write_config, ray_local, monkeypatch):
+@pytest.mark.parametrize("how", ["parts", "dataset"])
+def test_a_stage_that_loses_documents_fails_the_count(how, write_config, ray_local, monkeypatch):
     """docs_in comes from the upstream record, not from the stage's own output: a stage that silently
-    loses documents (here: select forgetting the rows whose id starts with 0) fails instead of passing."""
+    loses documents (here: select forgetting the rows whose id starts with 0) fails instead of passing,
+    whether it runs by part (its tasks count what they read) or returns a Dataset the runner writes."""
     import dataclasses
     import importlib
+
+    from pipeline.parts import read_part
+    from pipeline.stage import StageOutput
+    from pipeline.stages.select.stage import select_batch
 
     path = write_config({"ingest": {"inputs": [INPUT]}, "annotate": {"workers": 1}, "select": {}})
     run_pipeline(load_config(path), stages=["ingest", "annotate"], log=lambda _: None)
     module = importlib.import_module(BY_NAME["select"].module)
     honest = module.STAGE
 
-    def lossy(ctx):
-        out = honest.run(ctx)
-        return dataclasses.replace(out, docs=out.docs.filter(lambda row: not row["id"].startswith("0")))
+    def lossy(ctx):  # defined here, so Ray ships these functions to the workers by value
+        cfg = ctx.section
+
+        def forget(t):
+            return select_batch(t.filter(pc.invert(pc.starts_with(t["id"], "0"))), cfg)
+
+        if how == "dataset":
+            return StageOutput(docs=ctx.read("annotate").map_batches(forget, batch_format="pyarrow"))
+
+        def factory():
+            return lambda spec, stats: (forget(t) for t in read_part(spec))
+
+        return StageOutput(parts=ctx.run_parts(ctx.upstream_parts("annotate"), factory))
 
     monkeypatch.setattr(module, "STAGE", dataclasses.replace(honest, run=lossy))
-    with pytest.raises(RuntimeError, match="stage select lost documents: in 756, out"):
+    said = "its parts read 7[0-9]{2} documents, but the upstream stage kept 756"
+    with pytest.raises(RuntimeError, match=said if how == "parts" else "stage select lost documents: in 756"):
         run_pipeline(load_config(path), stages=["select"], log=lambda _: None)
     monkeypatch.undo()
     [rec] = run_pipeline(load_config(path), stages=["select"], log=lambda _: None)

@@ -624,12 +624,15 @@ def test_a_shared_state_directory_keeps_the_other_runs_checkpoints(write_config,
 
 
 @pytest.fixture
-def small_disk(tmp_path):
-    """A 6 MiB tmpfs: a disk that really fills (mounting needs root with CAP_SYS_ADMIN, as in CI's container;
-    where it is not allowed, these tests skip and the file size limit test above covers the mapping)."""
+def small_disk(tmp_path, request):
+    """A 6 MiB tmpfs (or the size a test gives as the fixture's parameter): a disk that really fills
+    (mounting needs root with CAP_SYS_ADMIN, as in CI's container; where it is not allowed, these tests skip
+    and the file size limit test above covers the mapping)."""
     disk = tmp_path / "disk"
     disk.mkdir()
-    done = subprocess.run(["mount", "-t", "tmpfs", "-o", "size=6m", "tmpfs", str(disk)], capture_output=True)
+    size = getattr(request, "param", "6m")
+    mount = ["mount", "-t", "tmpfs", "-o", f"size={size}", "tmpfs", str(disk)]
+    done = subprocess.run(mount, capture_output=True)
     if done.returncode:
         pytest.skip(f"cannot mount a tmpfs here: {done.stderr.decode().strip()}")
     yield disk
@@ -689,6 +692,9 @@ def test_disk_full_in_a_stage_by_part_names_it_and_a_rerun_after_freeing_space_r
 
 
 @pytest.mark.slow  # a short training run: ~1 min
+# room for the whole run once the ballast is gone: the mix, the kept checkpoints (each a Hugging Face model
+# directory with the tokenizer) and the final model
+@pytest.mark.parametrize("small_disk", ["512m"], indirect=True)  # a whole run took 305 MB
 def test_disk_full_in_train_names_the_stage_the_path_and_the_cause_and_a_rerun_completes(
     small_disk, write_config, tmp_path
 ):

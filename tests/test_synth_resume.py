@@ -131,6 +131,7 @@ def _synth(url: str, topics: dict | None = None, min_words: int = 20, dedup: boo
             "benchmarks": [
                 {
                     "path": "bundled:HumanEval.jsonl.gz",
+                    "name": "humaneval",
                     "fields": ["prompt", "canonical_solution"],
                     "id_field": "task_id",
                 }

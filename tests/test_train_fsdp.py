@@ -12,7 +12,9 @@ import sys
 from pathlib import Path
 
 import pytest
+import torch
 import yaml
+from safetensors.torch import load_file
 from test_train import write_mix
 
 from pipeline.tools.cli import main
@@ -74,10 +76,16 @@ def _losses(config: Path) -> list[tuple]:
     return [(r["step"], r["phase"], r.get("loss"), r.get("heldout")) for r in rows]
 
 
+def _weights(config: Path) -> dict:
+    """The final model's tensors (OUTPUT/train/model/, gathered from the ranks' shards)."""
+    out = Path(yaml.safe_load(config.read_text())["run"]["output"])
+    return load_file(str(out / "train" / "model" / "model.safetensors"))
+
+
 @pytest.mark.slow
 def test_fsdp_two_ranks_match_one_process_and_resume_exactly(tmp_path):
     # two ranks x micro_batch 2 see the same global batches as one process with grad_accum 2
-    sharded = _config(tmp_path, "fsdp")
+    sharded = _config(tmp_path, "fsdp", save_model=True)
     _torchrun(sharded)
     single = _config(tmp_path, "single", grad_accum=2)
     assert main(["train", str(single)]) == 0
@@ -89,7 +97,7 @@ def test_fsdp_two_ranks_match_one_process_and_resume_exactly(tmp_path):
         if ha is not None:
             assert ha.keys() == hb.keys() and all(ha[k] == pytest.approx(hb[k], abs=2e-4) for k in ha)
 
-    resumed = _config(tmp_path, "fsdp-resumed")
+    resumed = _config(tmp_path, "fsdp-resumed", save_model=True)
     _torchrun(resumed, "--stop-after", "3")
     ckpt = (
         Path(yaml.safe_load(resumed.read_text())["run"]["output"])
@@ -103,3 +111,7 @@ def test_fsdp_two_ranks_match_one_process_and_resume_exactly(tmp_path):
     ]  # one shard per rank
     _torchrun(resumed, "--resume")
     assert _losses(resumed) == a
+    # the weights, not only the losses: the resumed run ends with the uninterrupted run's model, bit for bit
+    want, got = _weights(sharded), _weights(resumed)
+    assert want.keys() == got.keys() and len(want) > 10
+    assert [k for k in want if not torch.equal(want[k], got[k])] == []
