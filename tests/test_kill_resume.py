@@ -6,11 +6,11 @@ One uninterrupted run of the whole config is the reference. Each case copies the
 stage under test, runs that stage (`phicurate run --stages S`, its own in-process Ray), SIGKILLs the driver
 alone (not its process group: the reaper must stop the rest) at a point drawn from the case's seed, waits
 for every process of that run to end, reads the commits left in the stage's work directory, and reruns:
-- "parts": after k commit records (`_parts/<name>.json`, or dedup's `_steps/<step>.json`) appeared, k drawn
-  from the seed;
+- "parts": after k commit records (`_parts/<name>.json`, mix's `_tokenized/_parts/<name>.json`, or dedup's
+  `_steps/<step>.json`) appeared, k drawn from the seed;
 - "commit": once every part is committed, while the runner totals the records and moves the work directory
   into place (if the move and the record came first, the rerun must skip the stage instead);
-- a stage that commits neither (ingest, mix today) is killed at a seeded share of its uninterrupted time.
+- a stage that commits neither (none today) is killed at a seeded share of its uninterrupted time.
 The rerun's record must count as many reused parts (`parts_reused`) or name the same reused steps
 (`details.steps_reused`) as the commits found after the kill, and reproduce every other figure of the
 reference's record; every file of a stage by part, and of mix (the shards), must be byte-identical; for a
@@ -74,7 +74,10 @@ KILLS = [
     ("decontaminate", 9, "parts"),
     ("decontaminate", 2, "commit"),
     ("mix", 11, "parts"),
+    ("mix", 6, "commit"),  # every tokenization task committed: killed while selecting or writing shards
 ]
+# where a stage by part commits its parts, if not in `_parts/`
+COMMIT_DIRS = {"mix": "_tokenized/_parts"}
 RUN_TIMEOUT_S = 900  # a loaded 2-core machine takes minutes for what takes seconds idle
 RAY_START_TIMEOUT = "The current node timed out during startup"
 STARTS = 3
@@ -302,7 +305,7 @@ def test_a_killed_stage_resumes_and_equals_an_uninterrupted_run(reference, stage
     root, corpus, ref = reference
     want = read_record(str(ref), stage)
     by_part, by_step = "parts_reused" in want, "steps_reused" in want["details"]
-    sub = "_parts" if by_part else "_steps" if by_step else None
+    sub = COMMIT_DIRS.get(stage, "_parts") if by_part else "_steps" if by_step else None
     rng = random.Random(seed)
     out = root / f"{stage}-{where}-{seed}"
     out.mkdir()

@@ -273,6 +273,9 @@ def test_read_tasks_cover_every_row_once_largest_first(tmp_path, monkeypatch):
     tasks = mix._read_tasks(files, cores=1)
 
     assert [t["task"] for t in tasks] == list(range(len(tasks)))
+    # names (of parts and their commits, which a resumed run reuses): unique, the same for the same rows
+    assert len({t["name"] for t in tasks}) == len(tasks)
+    assert [t["name"] for t in mix._read_tasks(files, cores=1)] == [t["name"] for t in tasks]
     assert [t["bytes"] for t in tasks] == sorted((t["bytes"] for t in tasks), reverse=True)
     assert any(t["last"] - t["first"] > 1 for t in tasks if t["stage"] == "small_groups")  # merged
     assert sum(t["stage"] == "one_group" for t in tasks) > 1  # split

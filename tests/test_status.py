@@ -74,3 +74,16 @@ def test_status_shows_counts_parts_and_the_chain(ray_local, write_config, corpus
     code, rows, last = _status(out)
     assert rows["annotate"][1] == "incomplete" and last.endswith("chain: BROKEN at select"), last
     assert "annotate has no complete record" in " ".join(rows["select"])
+
+
+def test_a_record_without_counts_is_a_break_not_a_crash(tmp_path):
+    """A record made by hand or by another tool (no docs_in) is flagged on its row; the table still prints."""
+    out = tmp_path / "out"
+    rec = {"status": "complete", "config_hash": "x", "input_fingerprint": "y", "dropped": {}}
+    for stage in ("dedup", "decontaminate"):
+        (out / stage).mkdir(parents=True)
+    storage.write_json(str(out / "dedup" / "_stage.json"), {**rec, "docs_out": 1})
+    storage.write_json(str(out / "decontaminate" / "_stage.json"), {**rec, "docs_in": 1, "docs_out": 1})
+    code, rows, last = _status(str(out))
+    assert code == 0 and last.endswith("BROKEN at dedup"), last
+    assert "no docs_in" in " ".join(rows["dedup"]) and rows["decontaminate"][1] == "complete"

@@ -144,7 +144,8 @@ def _dedup_output(out) -> None:
     """dedup's output as a complete run leaves it: synth's web input."""
     (out / "dedup").mkdir(parents=True)
     pq.write_table(pa.Table.from_pylist(WEB), out / "dedup" / "part-0.parquet")
-    up = {"stage": "dedup", "status": "complete", "config_hash": "x", "input_fingerprint": "y", "docs_out": 1}
+    up = {"stage": "dedup", "status": "complete", "config_hash": "x", "input_fingerprint": "y"}
+    up |= {"docs_in": 1, "docs_out": 1, "dropped": {}}
     storage.write_json(str(out / "dedup" / RECORD), up)
 
 

@@ -60,6 +60,10 @@ def chain(records: dict[str, dict]) -> dict[str, Link]:
     for stage, r in records.items():
         if r.get("status") != "complete":
             continue
+        lacks = [k for k in ("docs_in", "docs_out") if not isinstance(r.get(k), int)]
+        if lacks:  # a hand-made or foreign record: said, not a crash of the whole table
+            links[stage] = Link(stage, None, False, f"BROKEN: the record has no {' or '.join(lacks)}")
+            continue
         dropped = sum((r.get("dropped") or {}).values())
         if r["docs_in"] != r["docs_out"] + dropped:
             links[stage] = Link(
@@ -80,12 +84,12 @@ def chain(records: dict[str, dict]) -> dict[str, Link]:
         rec = records.get(up)
         if rec is None or rec.get("status") != "complete":
             links[stage] = Link(stage, up, False, f"BROKEN: {up} has no complete record")
-        elif rec["docs_out"] != r["docs_in"]:
+        elif rec.get("docs_out") != r["docs_in"]:
             links[stage] = Link(
                 stage,
                 up,
                 False,
-                f"BROKEN: {up} kept {rec['docs_out']} (rerun {stage} if {up} changed since it ran)",
+                f"BROKEN: {up} kept {rec.get('docs_out')} (rerun {stage} if {up} changed since it ran)",
             )
         else:
             links[stage] = Link(stage, up, True, f"in = {up} kept")

@@ -6,8 +6,10 @@ size and one result per shard:
 1. **Tokenize.** Each stage output a recipe names is tokenized once, all of them in one Ray `map_batches`
    over runs of their Parquet row groups (each task reads its own rows; the fast tokenizer's batch
    encode, EOS after each document). Each task writes its documents' tokens, ids and `where` results as one
-   Parquet part under `_tokenized/` in the stage's work directory (local or object store) and returns its
-   row count.
+   Parquet part under `_tokenized/` in the stage's work directory (local or object store), then commits it
+   (`_tokenized/_parts/<name>.json`, its row count) and returns the count. A task is named after the rows it
+   reads, and the work directory after the config and input, so the rerun of a killed run tokenizes only the
+   tasks that were not committed.
 2. **Select.** Each document of a source gets a seeded hash, and with it one of 2**16 buckets. Ray tasks
    tally the tokens per bucket; from these tallies alone the driver fixes each source's cut
    (`recipes.cut`): whole passes, plus once more every document in the buckets below a bound, whose tokens
@@ -23,8 +25,11 @@ the shards are byte-identical for the same documents and seed, whatever Ray's sc
 
 from __future__ import annotations
 
+import hashlib
+import logging
 import os
 import time
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 
 import numpy as np
@@ -34,6 +39,7 @@ import pyarrow.parquet as pq
 
 from pipeline import storage
 from pipeline.errors import UserError
+from pipeline.parts import PartsResult
 from pipeline.shards import DOCUMENTS, DOCUMENTS_SCHEMA, blend_fields, write_indexed_dataset, write_manifest
 from pipeline.stage import Stage, StageContext, StageOutput
 from pipeline.stages.mix.config import MixConfig
@@ -55,8 +61,11 @@ from pipeline.tokenizer import (
     token_dtype,
 )
 
+logger = logging.getLogger(__name__)
+
 TASK_BYTES = 4 << 20  # the most text per tokenization task: about a second of one core
 TOKENIZED = "_tokenized"  # in the work directory: one Parquet part per tokenization task, removed at the end
+COMMITS = "_parts"  # under TOKENIZED: a task's commit record, written after its part
 
 
 @dataclass(frozen=True)
@@ -104,8 +113,12 @@ def _tokenize(texts: list[str | None], encoder, eos: int, dtype: str) -> tuple[p
     return n_tokens, tokens
 
 
-def _part_path(tokenized: str, stage: str, task: int) -> str:
-    return storage.join(tokenized, f"{stage}-{task:06d}.parquet")
+def _part_path(tokenized: str, name: str) -> str:
+    return storage.join(tokenized, f"{name}.parquet")
+
+
+def _commit_path(tokenized: str, name: str) -> str:
+    return storage.join(tokenized, COMMITS, f"{name}.json")
 
 
 class _ReadAndTokenize:
@@ -152,11 +165,14 @@ class _ReadAndTokenize:
             )
             for k, rules, where in self.picks[stage]:
                 part = part.append_column(f"where{k}", pa.array(where_mask(table, list(rules), where)))
-            fs, path = storage.resolve(_part_path(self.tokenized, stage, t["task"]))
+            fs, path = storage.resolve(_part_path(self.tokenized, t["name"]))
             pq.write_table(part, path, filesystem=fs)
-            done.append(t["task"])
+            storage.write_json(
+                _commit_path(self.tokenized, t["name"]), {"name": t["name"], "rows": part.num_rows}
+            )
+            done.append(t["name"])
             rows.append(part.num_rows)
-        return pa.table({"task": pa.array(done, pa.int64()), "rows": pa.array(rows, pa.int64())})
+        return pa.table({"name": pa.array(done, pa.string()), "rows": pa.array(rows, pa.int64())})
 
 
 def _read_tasks(files: dict[str, list[str]], cores: int) -> list[dict]:
@@ -166,7 +182,7 @@ def _read_tasks(files: dict[str, list[str]], cores: int) -> list[dict]:
     Small row groups (a stage writes one per Ray block) are merged; a large one is split into row ranges,
     each task reading the group again (cheap next to tokenizing it). Largest first, so that no long task
     starts last while the other cores have nothing left to do. `row` is the task's first row among all
-    rows of its stage, in file order.
+    rows of its stage, in file order; `name` is a function of the rows it reads (file, row groups, range).
     """
     groups = []  # (stage, path, row group, its first row in the stage, rows, bytes of text)
     for stage, paths in files.items():
@@ -221,6 +237,8 @@ def _read_tasks(files: dict[str, list[str]], cores: int) -> list[dict]:
     tasks.sort(key=lambda t: -t["bytes"])
     for i, t in enumerate(tasks):
         t["task"] = i
+        where = f"{t['path']}:{t['first']}:{t['last']}:{t['start']}:{t['stop']}"
+        t["name"] = f"{t['stage']}-{hashlib.sha1(where.encode()).hexdigest()[:16]}"
     return tasks
 
 
@@ -235,9 +253,19 @@ def _read_part(path: str, columns: list[str] | None = None) -> pa.Table:
     return pq.read_table(local, columns=columns, filesystem=fs)
 
 
-def tokenize_sources(ctx: StageContext, tok, tokenized: str, picks: list[Pick]) -> list[tuple[str, str]]:
+def _committed(tokenized: str) -> dict[str, int]:
+    """Rows of the tokenization tasks an earlier, killed attempt committed, by name."""
+    files = storage.list_files(storage.join(tokenized, COMMITS), suffix=".json")
+    with ThreadPoolExecutor(16) as pool:  # small reads; on object storage each is a round trip
+        return {r["name"]: r["rows"] for r in pool.map(storage.read_json, files) if r}
+
+
+def tokenize_sources(
+    ctx: StageContext, tok, tokenized: str, picks: list[Pick]
+) -> tuple[list[tuple[str, str]], int]:
     """Tokenize the kept documents of every stage the recipes read, in one Ray Data pass (one actor pool),
-    into Parquet parts under `tokenized`. Returns the parts as (stage, path)."""
+    into Parquet parts under `tokenized`; tasks an earlier attempt committed are reused. Returns the parts
+    as (stage, path) and how many were reused."""
     import ray
 
     from pipeline.runner import stage_dir  # the runner imports the stages
@@ -264,7 +292,17 @@ def tokenize_sources(ctx: StageContext, tok, tokenized: str, picks: list[Pick]) 
     by_stage = {s: [(p.k, p.where, _where_key(p)) for p in picks if p.stage == s] for s in files}
     dtype = np.dtype(token_dtype(len(tok))).name
     cores = max(1, int(ray.cluster_resources().get("CPU", 1)))
-    tasks = _read_tasks(files, cores)
+    plan = _read_tasks(files, cores)
+    planned = {t["name"]: t["stop"] - t["start"] for t in plan}
+    reused = {n: r for n, r in _committed(tokenized).items() if n in planned}
+    for name, rows in reused.items():
+        if planned.pop(name) != rows:
+            raise RuntimeError(f"mix: tokenization task {name} committed {rows} rows, its plan has others")
+    tasks = [t for t in plan if t["name"] in planned]
+    if reused:
+        logger.info(
+            "[mix] %d of %d tokenization tasks committed by an earlier run: reused", len(reused), len(plan)
+        )
     storage.make_dir(tokenized)
     tokenized_ds = ray.data.from_items(
         tasks, override_num_blocks=max(1, min(len(tasks), 16 * cores))
@@ -285,14 +323,13 @@ def tokenize_sources(ctx: StageContext, tok, tokenized: str, picks: list[Pick]) 
         },
     )
     tokenized_ds.context.execution_options.preserve_order = False  # parts are named by task: any order
-    planned = {t["task"]: t["stop"] - t["start"] for t in tasks}
     for batch in tokenized_ds.iter_batches(batch_format="pyarrow", batch_size=None) if tasks else []:
-        for task, rows in zip(batch["task"].to_pylist(), batch["rows"].to_pylist()):
-            if planned.pop(task, None) != rows:
-                raise RuntimeError(f"mix: tokenization task {task} returned {rows} rows or ran twice")
+        for name, rows in zip(batch["name"].to_pylist(), batch["rows"].to_pylist()):
+            if planned.pop(name, None) != rows:
+                raise RuntimeError(f"mix: tokenization task {name} returned {rows} rows or ran twice")
     if planned:
         raise RuntimeError(f"mix: tokenization tasks {sorted(planned)[:10]} returned nothing")
-    return [(t["stage"], _part_path(tokenized, t["stage"], t["task"])) for t in tasks]
+    return [(t["stage"], _part_path(tokenized, t["name"])) for t in plan], len(reused)
 
 
 def _where_key(p: Pick) -> str:
@@ -548,7 +585,7 @@ def run(ctx: StageContext) -> StageOutput:
     tokenized = storage.join(ctx.work_dir, TOKENIZED)
     picks = _picks(cfg)
     t0 = time.perf_counter()
-    parts = tokenize_sources(ctx, tok, tokenized, picks)
+    parts, reused = tokenize_sources(ctx, tok, tokenized, picks)
     details: dict = {"tokenize_s": round(time.perf_counter() - t0, 2)}
 
     t0 = time.perf_counter()
@@ -620,10 +657,9 @@ def run(ctx: StageContext) -> StageOutput:
     details["write_s"] = round(time.perf_counter() - t0, 2)
     storage.remove_dir(tokenized)
     return StageOutput(
-        docs=None,
+        # the parts are the tokenization tasks; docs_in counts each document once per phase source reading it
+        parts=PartsResult(len(parts), reused, docs_in, docs_out, dict(sorted(dropped.items()))),
         docs_in=docs_in,
-        docs_out=docs_out,
-        dropped=dict(sorted(dropped.items())),
         tokens_out=tokens_out,
         details=details,
     )
@@ -664,4 +700,5 @@ def _manifest(
     return {"tokens": total, "sources": sources, "shards": names, "shard_tokens": shard_tokens.tolist()}
 
 
-STAGE = Stage("mix", run, outside_files=lambda config: [config.mix.tokenizer])
+# resumes: a rerun after a kill keeps the tokenization tasks committed in the work directory
+STAGE = Stage("mix", run, outside_files=lambda config: [config.mix.tokenizer], resumes=True)
