@@ -303,7 +303,7 @@ def tokenize_sources(
         logger.info(
             "[mix] %d of %d tokenization tasks committed by an earlier run: reused", len(reused), len(plan)
         )
-    storage.make_dir(tokenized)
+    storage.make_dir(storage.join(tokenized, COMMITS))
     tokenized_ds = ray.data.from_items(
         tasks, override_num_blocks=max(1, min(len(tasks), 16 * cores))
     ).map_batches(
