@@ -327,7 +327,7 @@ def _write_block(table: pa.Table, work_dir: str, secrets: dict[str, str]) -> pa.
 def write_dataset(
     docs: "ray.data.Dataset", work_dir: str, secrets: dict[str, str] | None = None
 ) -> PartsResult:
-    """Write a stage that returns a Ray Dataset (dedup's global steps end in one) in one pass: each block
+    """Write a Ray Dataset of documents (a stage's, or synth's after dedup) in one pass: each block
     is written, counted and committed by the task that computes it, and the driver gets one small record
     per block. Not resumable by part (the blocks are not a function of the input); whatever an earlier
     attempt wrote is removed first."""

@@ -4,7 +4,7 @@ A stage sees every document, kept or not: `drop_reason` is null for kept documen
 Parquet parts in the stage directory, dropped ones are under `dropped/`; both are counted where they are
 written and the runner writes `_stage.json`. Stages never call each other. A stage either runs part by
 part (`ctx.run_parts`, pipeline/parts.py: written and committed by the tasks, resumable) or returns a Ray
-Dataset that the runner writes in one pass (dedup), or writes its own files (mix, train).
+Dataset that the runner writes in one pass (a stage of your own), or writes its own files (train).
 """
 
 from __future__ import annotations

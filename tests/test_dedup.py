@@ -15,7 +15,6 @@ import zstandard
 from datasketch import MinHashLSH
 
 from pipeline.config import parse_config
-from pipeline.parts import write_dataset
 from pipeline.stage import StageContext
 from pipeline.stages.dedup import stage as dedup_stage
 from pipeline.stages.dedup.config import DedupConfig
@@ -165,8 +164,10 @@ def test_stage_accounting_identity_and_outputs(ray_local, tmp_path):
     upstream = {"select": ray_local.data.from_arrow(table(docs))}
     ctx = StageContext("dedup", config, str(tmp_path), str(tmp_path / "work"), upstream.__getitem__)
     result = dedup_stage.run(ctx)
-    written = write_dataset(result.docs, ctx.work_dir)
+    written = result.parts
+    assert written.docs_in == len(docs) and written.parts >= 2  # a part per shuffle partition
     assert len(docs) == written.docs_out + sum(written.dropped.values())
+    assert not (tmp_path / "work" / "_steps").exists()  # the shuffles' files go once the parts are committed
     assert written.dropped == {"exact_dup": 2, "near_dup": 1}
     kept = pq.read_table(sorted((tmp_path / "work").glob("*.parquet")))
     assert {"dup_cluster", "dup_cluster_size"} <= set(kept.column_names)

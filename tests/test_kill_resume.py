@@ -6,16 +6,14 @@ One uninterrupted run of the whole config is the reference. Each case copies the
 stage under test, runs that stage (`phicurate run --stages S`, its own in-process Ray), SIGKILLs the driver
 alone (not its process group: the reaper must stop the rest) at a point drawn from the case's seed, waits
 for every process of that run to end, reads the commits left in the stage's work directory, and reruns:
-- "parts": after k commit records (`_parts/<name>.json`, mix's `_tokenized/_parts/<name>.json`, or dedup's
-  `_steps/<step>.json`) appeared, k drawn from the seed;
+- "parts": after k commit records (`_parts/<name>.json`, mix's `_tokenized/_parts/<name>.json`) appeared, k
+  drawn from the seed;
+- "steps": after k of dedup's step commits (`_steps/<step>.json`), before any of its output parts;
 - "commit": once every part is committed, while the runner totals the records and moves the work directory
-  into place (if the move and the record came first, the rerun must skip the stage instead);
-- a stage that commits neither (none today) is killed at a seeded share of its uninterrupted time.
+  into place (if the move and the record came first, the rerun must skip the stage instead).
 The rerun's record must count as many reused parts (`parts_reused`) or name the same reused steps
 (`details.steps_reused`) as the commits found after the kill, and reproduce every other figure of the
-reference's record; every file of a stage by part, and of mix (the shards), must be byte-identical; for a
-stage whose files have random names (a Ray Dataset written in one pass) the kept ids and the dropped ids and
-reasons must be.
+reference's record; every file the stage wrote (mix's shards included) must be byte-identical.
 
 The corpus is small but cut into many parts: ten JSONL files of real sentences (ingest writes its output in
 small blocks, and the parts of later stages are the row groups of their upstream's files). The stages take
@@ -37,7 +35,6 @@ import time
 from pathlib import Path
 
 import psutil
-import pyarrow.parquet as pq
 import pytest
 import yaml
 import zstandard
@@ -62,14 +59,15 @@ SAME = (
     "input_fingerprint",
     "details",
 )
-# (stage, seed, where the kill falls): "parts" after k commits (of parts, or of dedup's steps), "commit" once
-# all are committed; a stage that commits neither is killed at a seeded share of its uninterrupted time
+# (stage, seed, where the kill falls): "parts" after k part commits, "steps" after k of dedup's step commits,
+# "commit" once every part is committed
 KILLS = [
     ("ingest", 5, "parts"),
     ("annotate", 1, "parts"),
     ("annotate", 0, "commit"),
     ("select", 3, "parts"),
-    ("dedup", 7, "parts"),
+    ("select", 8, "commit"),
+    ("dedup", 7, "steps"),
     ("dedup", 4, "commit"),
     ("decontaminate", 9, "parts"),
     ("decontaminate", 2, "commit"),
@@ -274,17 +272,6 @@ def _files(out: Path, stage: str) -> dict[str, bytes]:
     }
 
 
-def _rows(out: Path, stage: str) -> tuple[list, list]:
-    """Kept ids and dropped (id, reason), sorted: for a stage whose files are named by random ids."""
-    d = out / stage
-    kept = pq.read_table([str(p) for p in d.glob("*.parquet")], columns=["id"])["id"].to_pylist()
-    dropped = []
-    if (d / "dropped").is_dir():
-        t = pq.read_table(str(d / "dropped"), columns=["id", "drop_reason"])
-        dropped = sorted(zip(t["id"].to_pylist(), t["drop_reason"].to_pylist()))
-    return sorted(kept), dropped
-
-
 @pytest.fixture(scope="module")
 def reference(tmp_path_factory):
     """The corpus and an uninterrupted run of every stage (module-wide: each case copies its output)."""
@@ -304,8 +291,8 @@ def reference(tmp_path_factory):
 def test_a_killed_stage_resumes_and_equals_an_uninterrupted_run(reference, stage, seed, where):
     root, corpus, ref = reference
     want = read_record(str(ref), stage)
-    by_part, by_step = "parts_reused" in want, "steps_reused" in want["details"]
-    sub = COMMIT_DIRS.get(stage, "_parts") if by_part else "_steps" if by_step else None
+    assert "parts_reused" in want, f"{stage} does not run by part"
+    sub = "_steps" if where == "steps" else COMMIT_DIRS.get(stage, "_parts")
     rng = random.Random(seed)
     out = root / f"{stage}-{where}-{seed}"
     out.mkdir()
@@ -314,20 +301,12 @@ def test_a_killed_stage_resumes_and_equals_an_uninterrupted_run(reference, stage
         shutil.copytree(ref / s, out / s)
     cfg = _config(root, corpus, out)
 
-    if sub:
-        n = want["parts"] if by_part else len(list((ref / stage / sub).glob("*.json")))
-        assert n >= 3, f"the corpus gives {stage} only {n} commits"
-        at = rng.randint(1, n - 1) if where == "parts" else n
+    n = len(want["details"]["steps"]) if where == "steps" else want["parts"]
+    assert n >= 3, f"the corpus gives {stage} only {n} commits"
+    at = n if where == "commit" else rng.randint(1, n - 1)
 
-        def kill_when():
-            return len(_commits(out, stage, sub)) >= at
-    else:  # at a seeded share of the stage's uninterrupted time after its work directory appeared
-        at, started = rng.uniform(0.1, 0.9) * want["wall_s"], []
-
-        def kill_when():
-            if not started and list(out.glob(f".{stage}.tmp-*")):
-                started.append(time.time())
-            return bool(started) and time.time() - started[0] >= at
+    def kill_when():
+        return len(_commits(out, stage, sub)) >= at
 
     log_path = root / f"{out.name}.log"
     with open(log_path, "w") as log:
@@ -336,20 +315,19 @@ def test_a_killed_stage_resumes_and_equals_an_uninterrupted_run(reference, stage
         _run(cfg, log, stage)
     why = f"kill point {at}, found {killed}; see {log_path}"
 
-    assert not (killed["complete"] and sub and where == "parts"), f"the stage ended before the kill: {why}"
+    assert not (killed["complete"] and where != "commit"), f"the stage ended before the kill: {why}"
     got = read_record(str(out), stage)
     assert _same(got) == _same(want), why
     if killed["complete"]:  # the record was written before the kill: the rerun skipped the stage
         assert f"[{stage}] unchanged since the last run" in log_path.read_text(), why
-    elif sub:
+    else:
         if killed["work_dir_left"]:  # else killed after the move, before the record: every part is redone
             assert set(killed["committed"]) >= set(killed["at_kill"]) and len(killed["at_kill"]) >= at, why
-        if by_part:
-            assert got["parts_reused"] == len(killed["committed"]), why
-        else:  # dedup reuses the committed steps, in order (a step after a missing one is redone)
+        if (
+            where == "steps"
+        ):  # dedup reuses the committed steps, in order (a step after a missing one is redone)
             assert sorted(got["details"]["steps_reused"]) == killed["committed"], why
-    if by_part or stage == "mix":  # files named after their input: the same bytes
-        assert _files(out, stage) == _files(ref, stage), why
-    else:
-        assert _rows(out, stage) == _rows(ref, stage), why
+        else:
+            assert got["parts_reused"] == len(killed["committed"]), why
+    assert _files(out, stage) == _files(ref, stage), why
     assert not list(out.glob(f".{stage}.tmp-*")), "the resumed run left its work directory behind"

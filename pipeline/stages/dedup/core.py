@@ -36,7 +36,7 @@ from pipeline import storage
 from pipeline.stages.dedup import components, lsh
 from pipeline.stages.dedup.minhash import RANK_PREFIX, band_keys, exact_key, rank_keys, shingles, signatures
 from pipeline.stages.dedup.shuffle import PART, files, gather, name_of, part_of, scatter, scatter_table
-from pipeline.stages.dedup.steps import Steps
+from pipeline.stages.dedup.steps import STEPS, Steps
 
 if TYPE_CHECKING:
     from pipeline.stages.dedup.config import DedupConfig
@@ -264,7 +264,8 @@ def _assign(docs: pa.Table, nodes: pa.Table, exact: pa.Table) -> tuple[pa.Table,
     docs = docs.drop_columns([c for c in docs.column_names if c in OUT_COLUMNS or c == RANK])
     for name, values in out.items():
         docs = docs.append_column(name, values)
-    return docs, {}
+    # by id: the rows arrive in an order that depends on how the input was batched
+    return docs.take(pc.sort_indices(docs["id"])), {}
 
 
 def _doc_schema(ds: "ray.data.Dataset") -> pa.Schema:
@@ -280,8 +281,21 @@ def dedup_dataset(
     reference: "ray.data.Dataset | None" = None,
     num_docs: int | None = None,
 ) -> tuple["ray.data.Dataset", dict]:
-    """Mark exact and near duplicates in `ds`; return (every document of `ds` with drop_reason,
-    drop_detail, dup_cluster, dup_cluster_size added; figures for the stage record).
+    """`dedup_files` read back as one Dataset: for callers that go on computing (synth, tests, benches)."""
+    out_dir, details = dedup_files(ds, cfg, work_dir, reference, num_docs)
+    return ray.data.read_parquet(files(out_dir)), details
+
+
+def dedup_files(
+    ds: "ray.data.Dataset",
+    cfg: "DedupConfig",
+    work_dir: str,
+    reference: "ray.data.Dataset | None" = None,
+    num_docs: int | None = None,
+) -> tuple[str, dict]:
+    """Mark exact and near duplicates in `ds`; return (the directory of Parquet files, one per shuffle
+    partition, that hold every document of `ds` with drop_reason, drop_detail, dup_cluster and
+    dup_cluster_size added, each file ordered by id; figures for the stage record).
 
     Documents of `reference` (e.g. the kept web documents, when deduplicating synthetic text) always win
     and are not returned: a `ds` document that duplicates one of them, or another `ds` document, is
@@ -344,6 +358,16 @@ def dedup_dataset(
     if cfg.fuzzy:
         b, r = cfg.bands_rows()
         details.update({"ngram": cfg.ngram, "num_perm": cfg.num_perm, "bands": b, "rows": r})
+    details["steps"] = steps.done
     details["steps_reused"] = steps.reused
-    out = ray.data.read_parquet(files(steps.dir("assign", "out")))
-    return out, details
+    return steps.dir("assign", "out"), details
+
+
+def remove_steps(work_dir: str, order: list[str]) -> None:
+    """The steps' files and records: scratch once the output made from them is committed. The records go
+    first, in step order: a kill midway leaves no record whose files are gone (a rerun that finds the
+    first step's record missing recomputes every step)."""
+    root = storage.join(work_dir, STEPS)
+    for step in order:
+        storage.remove_file(storage.join(root, f"{step}.json"))
+    storage.remove_dir(root)
