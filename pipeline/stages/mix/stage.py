@@ -29,7 +29,6 @@ import hashlib
 import logging
 import os
 import time
-from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 
 import numpy as np
@@ -39,7 +38,7 @@ import pyarrow.parquet as pq
 
 from pipeline import storage
 from pipeline.errors import UserError
-from pipeline.parts import PartsResult
+from pipeline.parts import COMMITS, PartsResult, commit_file, committed
 from pipeline.shards import DOCUMENTS, DOCUMENTS_SCHEMA, blend_fields, write_indexed_dataset, write_manifest
 from pipeline.stage import Stage, StageContext, StageOutput
 from pipeline.stages.mix.config import MixConfig
@@ -65,7 +64,6 @@ logger = logging.getLogger(__name__)
 
 TASK_BYTES = 4 << 20  # the most text per tokenization task: about a second of one core
 TOKENIZED = "_tokenized"  # in the work directory: one Parquet part per tokenization task, removed at the end
-COMMITS = "_parts"  # under TOKENIZED: a task's commit record, written after its part
 
 
 @dataclass(frozen=True)
@@ -117,10 +115,6 @@ def _part_path(tokenized: str, name: str) -> str:
     return storage.join(tokenized, f"{name}.parquet")
 
 
-def _commit_path(tokenized: str, name: str) -> str:
-    return storage.join(tokenized, COMMITS, f"{name}.json")
-
-
 class _ReadAndTokenize:
     """Ray map_batches actor: reads each task's rows straight from Parquet, tokenizes them and writes them
     as one Parquet part to the output storage; only the task's row count comes back.
@@ -168,7 +162,7 @@ class _ReadAndTokenize:
             fs, path = storage.resolve(_part_path(self.tokenized, t["name"]))
             pq.write_table(part, path, filesystem=fs)
             storage.write_json(
-                _commit_path(self.tokenized, t["name"]), {"name": t["name"], "rows": part.num_rows}
+                commit_file(self.tokenized, t["name"]), {"name": t["name"], "rows": part.num_rows}
             )
             done.append(t["name"])
             rows.append(part.num_rows)
@@ -253,13 +247,6 @@ def _read_part(path: str, columns: list[str] | None = None) -> pa.Table:
     return pq.read_table(local, columns=columns, filesystem=fs)
 
 
-def _committed(tokenized: str) -> dict[str, int]:
-    """Rows of the tokenization tasks an earlier, killed attempt committed, by name."""
-    files = storage.list_files(storage.join(tokenized, COMMITS), suffix=".json")
-    with ThreadPoolExecutor(16) as pool:  # small reads; on object storage each is a round trip
-        return {r["name"]: r["rows"] for r in pool.map(storage.read_json, files) if r}
-
-
 def tokenize_sources(
     ctx: StageContext, tok, tokenized: str, picks: list[Pick]
 ) -> tuple[list[tuple[str, str]], int]:
@@ -294,7 +281,7 @@ def tokenize_sources(
     cores = max(1, int(ray.cluster_resources().get("CPU", 1)))
     plan = _read_tasks(files, cores)
     planned = {t["name"]: t["stop"] - t["start"] for t in plan}
-    reused = {n: r for n, r in _committed(tokenized).items() if n in planned}
+    reused = {n: r["rows"] for n, r in committed(tokenized).items() if n in planned}
     for name, rows in reused.items():
         if planned.pop(name) != rows:
             raise RuntimeError(f"mix: tokenization task {name} committed {rows} rows, its plan has others")
