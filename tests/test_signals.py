@@ -292,3 +292,29 @@ def test_tokens_equal_a_fresh_spacy_across_batches():
         for text, (offsets, words) in zip(batch, v.tokens(batch)):
             got = list(zip(offsets.tolist(), [v.words[w] for w in words.tolist()]))
             assert got == [(t.idx, t.text) for t in fresh(text)], text[:60]
+
+
+def test_simple_pieces_are_tokenized_as_spacy_does():
+    """Pieces tokenized without spaCy (Vocab._simple: letters or digits, one opening and one closing mark)
+    must get spaCy's own tokens, also where the letters are a special case ("cannot", "Mr", "gonna") or a
+    mark joins them into one ("etc.", "e.g.", emoticons); and the shortcut must take a fair share of a real
+    text's pieces (else it has stopped working and the speed goes with it)."""
+    import spacy
+
+    from pipeline.stages.annotate.signals.tokens import _PIECES, Vocab
+
+    fresh = spacy.blank("en").tokenizer
+    v = Vocab()
+    cores = ["word", "Word", "WORD", "a", "A", "s", "nt", "ll", "Straße", "Längen", "é", "2024", "0", "x9"]
+    cores += [c for c in fresh.rules if c.isalnum()] + [c[:-1] for c in fresh.rules if c[-1:] in ".,)"]
+    opens = ["", "(", "[", "“", '"', "'", "‘", "((", "$", ":"]
+    closes = ["", ",", ";", ":", "!", "?", ")", "]", "”", '"', ".", "'", "..", ").", "%", "s", "'s", "p", "-"]
+    taken = 0
+    for piece in {o + c + s for c in cores for o in opens for s in closes}:
+        got = v._simple(piece)
+        if got is not None:
+            taken += 1
+            assert got == [(t.idx, t.text) for t in fresh(piece)], piece
+    assert taken > 1000
+    pieces = {p for t in _onestopenglish(20) for p in _PIECES.split(t) if p.strip()}
+    assert sum(v._simple(p) is not None for p in pieces) > 0.6 * len(pieces)
