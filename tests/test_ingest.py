@@ -254,3 +254,24 @@ def test_ingest_on_an_object_store_commits_parts_there_and_a_rerun_skips(
     cfg = load_config(write_config({"run": {"output": outs["remote"]}, "ingest": ingest}, "remote.yaml"))
     [again] = run_pipeline(cfg)
     assert again.get("skipped") and again["docs_out"] == recs["remote"]["docs_out"]
+
+
+def test_a_small_input_is_cut_finer_so_every_core_has_work_to_the_end():
+    from pipeline.stages.ingest.readers import InputFile
+    from pipeline.stages.ingest.stage import MIN_PART_BYTES, MIN_PARTS, plan
+
+    def files(*sizes: int) -> list[InputFile]:
+        return [
+            InputFile(f"/d/f{i}.warc.gz", f"f{i}.warc.gz", "web/x", "warc", size=s)
+            for i, s in enumerate(sizes)
+        ]
+
+    mb = 2**20
+    demo = plan(files(16 * mb, 7 * mb), 256 * mb)  # the demo's two WARC files: 8 + 4 parts, not 2
+    assert [p.spec["of"] for p in demo] == [8] * 8 + [4] * 4
+    first = [(p.spec["lo"], p.spec["hi"]) for p in demo[:8]]  # consecutive ranges over the whole file
+    assert first[0][0] == 0 and first[-1][1] is None and all(a[1] == b[0] for a, b in zip(first, first[1:]))
+    assert [p.name for p in plan(files(MIN_PART_BYTES - 1), 256 * mb)] == ["00000-f0.warc.gz"]  # one part
+    crawl = plan(files(*[MIN_PARTS * 256 * mb] * 2), 256 * mb)  # a large input: part_bytes decides
+    assert len(crawl) == 2 * MIN_PARTS
+    assert plan(files(16 * mb), mb)[0].spec["of"] == 16  # a part_bytes under the floor still applies

@@ -65,8 +65,7 @@ KILLS = [
     ("ingest", 5, "parts"),
     ("annotate", 1, "parts"),
     ("annotate", 0, "commit"),
-    ("select", 3, "parts"),
-    ("select", 8, "commit"),
+    ("select", 3, "parts"),  # its commit is annotate's: run_parts' totals and nothing of its own after them
     ("dedup", 7, "steps"),
     ("dedup", 4, "commit"),
     ("decontaminate", 9, "parts"),

@@ -27,7 +27,7 @@ from pipeline.runner import RECORD, read_record, run_stage
 from pipeline.stages.decontaminate.config import DATA_DIR
 from tests.test_decontaminate_stage import _articles
 
-pytestmark = pytest.mark.slow  # Ray runs of the whole stage (dedup included); the kill test starts three
+pytestmark = pytest.mark.slow  # Ray runs of the whole stage; the kill test starts three
 
 with gzip.open(f"{DATA_DIR}/HumanEval.jsonl.gz", "rt", encoding="utf-8") as _f:
     _LEAK = json.loads(next(_f))
@@ -175,13 +175,15 @@ def test_killed_mid_generation_reruns_only_uncommitted_parts(tmp_path, write_con
     ref, killed = tmp_path / "ref", tmp_path / "killed"
     for out in (ref, killed):
         _dedup_output(out)
-    cfg = {"ingest": ingest, "synth": _synth(teacher.url)}
+    # without synth's dedup, a global step after the parts (tested through Ray in test_synth_engine.py and the
+    # demo): what is resumed here is generation and the per-part checks, and each run costs a minute less
+    cfg = {"ingest": ingest, "synth": _synth(teacher.url, dedup=False)}
     with open(tmp_path / "ref.log", "w") as log:
         assert _phicurate(write_config({**cfg, "run": {"output": str(ref)}}, "ref.yaml"), log).wait(900) == 0
     every = teacher.sent()
     assert len(every) == len(set(every)) == 12
     reference = _output(ref)
-    assert reference[2]["docs_out"] > 0 and {"too_short", "exact_dup", "contaminated:humaneval"} <= set(
+    assert reference[2]["docs_out"] > 0 and {"too_short", "contaminated:humaneval"} <= set(
         reference[2]["dropped"]
     ), reference[2]
 

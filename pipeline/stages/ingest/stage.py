@@ -26,6 +26,12 @@ WARC_SUFFIXES = (".warc", ".warc.gz", ".wet", ".wet.gz", ".arc", ".arc.gz")
 JSONL_SUFFIXES = tuple(s + c for s in (".jsonl", ".json", ".ndjson") for c in ("", ".gz", ".zst", ".bz2"))
 # reasons of a file that could not be read to its end: no independent count is compared for it
 DAMAGED = ("bad_file", "truncated_file", "truncated_record", "bad_warc_record")
+# A small input is still cut into about MIN_PARTS parts, so that no core idles while one works through a
+# whole file at the end (the demo's 16 MB WARC file as one part held one core for most of the run); parts
+# stay at least MIN_PART_BYTES, so the fixed cost of a part (its task, its commit, the walk to its range)
+# stays small. Both depend on the input alone: a rerun on another cluster finds the same parts.
+MIN_PARTS = 32
+MIN_PART_BYTES = 2 * 2**20
 
 
 def _format_of(path: str, declared: str) -> str | None:
@@ -100,10 +106,17 @@ def _pieces(f: InputFile, part_bytes: int) -> int:
     return -(-f.size // part_bytes)
 
 
+def part_size(files: list[InputFile], part_bytes: int) -> int:
+    """`part_bytes`, or less for an input under MIN_PARTS x `part_bytes` (down to MIN_PART_BYTES)."""
+    total = sum(f.size or 0 for f in files)
+    return min(part_bytes, max(MIN_PART_BYTES, -(-total // MIN_PARTS)))
+
+
 def plan(files: list[InputFile], part_bytes: int) -> list[Part]:
-    """One part per input file, in file order; a file over `part_bytes` is cut into consecutive byte ranges
+    """One part per input file, in file order; a file over `part_size` is cut into consecutive byte ranges
     (Parquet: row groups), each part reading the records that start in its range. A function of the files
     and the config only, so a rerun finds the parts an earlier run committed."""
+    part_bytes = part_size(files, part_bytes)
     parts = []
     for i, f in enumerate(files):
         k = _pieces(f, part_bytes)
