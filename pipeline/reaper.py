@@ -27,9 +27,20 @@ def _is_ray(p: psutil.Process) -> bool:
     return any("/ray/" in part or part.startswith("ray::") for part in p.cmdline())
 
 
+def _children() -> dict[int, list[psutil.Process]]:
+    """Every process by parent pid, from one walk of the process table (psutil keeps the Process objects
+    between calls): a walk per Ray process and poll cost a run a second of CPU a minute."""
+    kids: dict[int, list[psutil.Process]] = {}
+    for p in psutil.process_iter(["ppid"]):
+        kids.setdefault(p.info["ppid"], []).append(p)
+    return kids
+
+
 def watch(driver_pid: int) -> list[str]:
     """Wait for the driver to end; stop its leftover descendants; return their descriptions."""
     seen: dict[int, psutil.Process] = {}
+    # the driver's children known to be Ray's; the others are read again (a child not yet exec'd is not)
+    ray_children: set[psutil.Process] = set()
     try:
         driver = psutil.Process(driver_pid)
     except psutil.NoSuchProcess:
@@ -39,18 +50,21 @@ def watch(driver_pid: int) -> list[str]:
         ready, _, _ = select.select([sys.stdin], [], [], POLL_S)
         if ready and not os.read(sys.stdin.fileno(), 4096):
             break  # EOF: the driver is gone
-        try:
-            children = driver.children()
-        except psutil.NoSuchProcess:
+        if not driver.is_running():
             break
-        for child in children:
+        kids = _children()
+        todo = []
+        for child in kids.get(driver_pid, []):
             try:
-                if child.pid == me or not _is_ray(child):
-                    continue
-                for p in [child, *child.children(recursive=True)]:
-                    seen.setdefault(p.pid, p)
+                if child in ray_children or (child.pid != me and _is_ray(child)):
+                    ray_children.add(child)
+                    todo.append(child)
             except psutil.NoSuchProcess:
                 pass
+        while todo:
+            p = todo.pop()
+            seen.setdefault(p.pid, p)
+            todo.extend(kids.get(p.pid, []))
     left = [p for p in seen.values() if p.is_running()]
     names = []
     for p in left:

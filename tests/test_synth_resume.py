@@ -198,7 +198,7 @@ def test_killed_mid_generation_reruns_only_uncommitted_parts(tmp_path, write_con
             proc.wait()
         before = teacher.sent()
         (work,) = killed.glob(".synth.tmp-*")
-        assert len(list((work / "_generated" / "_parts").glob("*.json"))) == 1  # the first part only
+        assert len(list((work / "_parts").glob("*.json"))) == 1  # the first part only
         teacher.answer = None
         assert _phicurate(config, log).wait(900) == 0, f"see {tmp_path / 'killed.log'}"
     again = teacher.sent()

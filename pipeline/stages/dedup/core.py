@@ -280,9 +280,10 @@ def dedup_dataset(
     work_dir: str,
     reference: "ray.data.Dataset | None" = None,
     num_docs: int | None = None,
+    num_reference: int | None = None,
 ) -> tuple["ray.data.Dataset", dict]:
     """`dedup_files` read back as one Dataset: for callers that go on computing (synth, tests, benches)."""
-    out_dir, details = dedup_files(ds, cfg, work_dir, reference, num_docs)
+    out_dir, details = dedup_files(ds, cfg, work_dir, reference, num_docs, num_reference)
     return ray.data.read_parquet(files(out_dir)), details
 
 
@@ -292,6 +293,7 @@ def dedup_files(
     work_dir: str,
     reference: "ray.data.Dataset | None" = None,
     num_docs: int | None = None,
+    num_reference: int | None = None,
 ) -> tuple[str, dict]:
     """Mark exact and near duplicates in `ds`; return (the directory of Parquet files, one per shuffle
     partition, that hold every document of `ds` with drop_reason, drop_detail, dup_cluster and
@@ -306,9 +308,9 @@ def dedup_files(
 
     The steps write their tables under `work_dir` (which must be reachable from every Ray worker: shared
     storage on a cluster) and commit them one by one; a call with the same documents, settings and
-    `work_dir` reuses every committed step (listed under `steps_reused` in the figures). `num_docs`, the
-    number of documents in `ds` when the caller knows it, sets the number of partitions without a pass to
-    count them."""
+    `work_dir` reuses every committed step (listed under `steps_reused` in the figures). `num_docs` and
+    `num_reference`, the numbers of documents in `ds` and `reference` when the caller knows them, set the
+    number of partitions without a pass over each to count them."""
     key = hashlib.sha256(cfg.model_dump_json().encode()).hexdigest()[:16]
     steps = Steps(work_dir, key)
     schema = functools.cache(lambda: _doc_schema(ds))
@@ -316,7 +318,8 @@ def dedup_files(
     def keys(d: str) -> dict[str, int]:
         rows_per_doc = (1 if cfg.exact else 0) + (cfg.bands_rows()[0] if cfg.fuzzy else 0)
         docs = ds.count() if num_docs is None else num_docs
-        docs += reference.count() if reference is not None else 0
+        if reference is not None:
+            docs += reference.count() if num_reference is None else num_reference
         parts = cfg.partitions or max(
             int(ray.cluster_resources().get("CPU", 1)), math.ceil(docs * rows_per_doc / ROWS_PER_PARTITION)
         )

@@ -35,9 +35,8 @@ class IngestConfig(Section):
     favour_precision: bool = True  # trafilatura: prefer less boilerplate over more text
     extract_timeout: float = Field(10.0, gt=0)  # seconds a page may take; slower: dropped as extract_timeout
     count_inputs: bool = True  # count records apart (footer, lines, gzip members); fail on a difference
-    part_bytes: int = Field(
-        256 * 2**20, ge=1
-    )  # larger files are cut into parts (tasks, commits) this big; a small input finer
+    # larger files are cut into parts (tasks, commits) this big; an input under 32 parts of it, finer
+    part_bytes: int = Field(256 * 2**20, ge=1)
 
     @model_validator(mode="after")
     def _sources_unique_per_path(self) -> "IngestConfig":

@@ -129,6 +129,7 @@ def _generated(work_dir: str) -> "ray.data.Dataset":
 def run(ctx: StageContext) -> StageOutput:
     import ray
 
+    from pipeline.runner import read_record
     from pipeline.stages.decontaminate.core import cpus_per_actor
     from pipeline.stages.decontaminate.index import load_index
     from pipeline.stages.dedup.core import dedup_dataset
@@ -166,9 +167,16 @@ def run(ctx: StageContext) -> StageOutput:
         details[k] = sum(s[k] for s in gen.stats)
     written = gen
     if cfg.dedup is not None:
-        # its steps are committed under gen_dir too: a kill during dedup keeps those it finished
+        # its steps are committed under gen_dir too: a kill during dedup keeps those it finished; the counts
+        # come from the records (a pass over each to count them is a Ray execution)
+        up = read_record(ctx.output, web_stage)
         docs, details["dedup"] = dedup_dataset(
-            _generated(gen_dir), cfg.dedup, work_dir=gen_dir, reference=web
+            _generated(gen_dir),
+            cfg.dedup,
+            work_dir=gen_dir,
+            reference=web,
+            num_docs=gen.docs_in,
+            num_reference=up["docs_out"] if up else None,
         )
         written = parts.write_dataset(docs, ctx.work_dir, ctx.secrets)
         # the generations are in the cache: a kill before the stage is moved into place costs checks only
