@@ -41,8 +41,8 @@ def _prose(article: str) -> str:
 
 ARTICLES = [_prose(a) for a in _articles(6)]
 LEAK = " ".join((_LEAK["prompt"] + _LEAK["canonical_solution"]).split()) + "."
-# what the teacher says, by prompt hash: prose (kept, or exact_dup when two prompts get the same one), a
-# reply too short for QC, and one holding a HumanEval item (contaminated)
+# what the teacher says, by prompt hash: prose (kept), a reply too short for QC, and one holding a HumanEval
+# item (contaminated)
 REPLIES = ARTICLES[:3] + ["Too short."] + ARTICLES[3:5] + [ARTICLES[5] + "\n" + LEAK]
 WEB = [{"id": "w1", "text": ARTICLES[2], "source": "web/x", "url": "http://a", "meta": "{}"}]
 
@@ -112,7 +112,10 @@ def teacher():
     t.server.shutdown()
 
 
-def _synth(url: str, topics: dict | None = None, min_words: int = 20, dedup: bool = True) -> dict:
+def _synth(url: str, topics: dict | None = None, min_words: int = 20) -> dict:
+    """Without synth's dedup, a global step after the parts (tested through Ray in test_synth_engine.py and
+    the demo): the committed parts are the output, and what is resumed here is generation and the per-part
+    checks; each run costs a minute less."""
     return {
         "backend": {
             "kind": "openai",
@@ -126,7 +129,7 @@ def _synth(url: str, topics: dict | None = None, min_words: int = 20, dedup: boo
         "prompts": {"cells_per_seed": 3},
         "prompts_per_part": 4,  # 12 prompts: 3 parts
         "qc": {"min_words": min_words},
-        **({} if dedup else {"dedup": None}),  # without dedup the committed parts are the output
+        "dedup": None,
         "decontamination": {
             "benchmarks": [
                 {
@@ -175,9 +178,7 @@ def test_killed_mid_generation_reruns_only_uncommitted_parts(tmp_path, write_con
     ref, killed = tmp_path / "ref", tmp_path / "killed"
     for out in (ref, killed):
         _dedup_output(out)
-    # without synth's dedup, a global step after the parts (tested through Ray in test_synth_engine.py and the
-    # demo): what is resumed here is generation and the per-part checks, and each run costs a minute less
-    cfg = {"ingest": ingest, "synth": _synth(teacher.url, dedup=False)}
+    cfg = {"ingest": ingest, "synth": _synth(teacher.url)}
     with open(tmp_path / "ref.log", "w") as log:
         assert _phicurate(write_config({**cfg, "run": {"output": str(ref)}}, "ref.yaml"), log).wait(900) == 0
     every = teacher.sent()
@@ -223,7 +224,7 @@ def test_other_checks_reuse_the_cache_and_added_prompts_cost_only_their_parts(ra
                 "run": {"output": str(out)},
                 "ray": {"num_cpus": 2, "object_store_memory_mb": 512, "progress_bars": False},
                 "ingest": {"inputs": [{"path": "tests/data/demo", "source": "web/x"}]},
-                "synth": _synth(teacher.url, dedup=False, **synth),
+                "synth": _synth(teacher.url, **synth),
             }
         )
         return run_stage(BY_NAME["synth"].implementation(), config, "fp")
